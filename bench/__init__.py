@@ -1,0 +1,6 @@
+"""Benchmarks for hookhub, each printing its numbers next to a ceiling measured in the same run.
+
+Absolute numbers depend on the machine and on whatever else runs on it; a ratio to a ceiling taken
+minutes earlier on the same box is what can be compared across machines and commits.
+`python -m bench.ingest` is the ingest benchmark (issue #2).
+"""

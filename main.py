@@ -1,0 +1,26 @@
+"""functions-framework's default source: every deployable function, by target name.
+
+    functions-framework --target webhook --asgi   # HOOKHUB_PROVIDER picks the provider
+    functions-framework --target stripe --asgi    # any provider name from hookhub.yaml
+    functions-framework --target events --asgi    # producer API
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from functions.ingest import for_provider, webhook
+from functions.producer import events
+
+__all__ = ["events", "webhook"]
+
+
+def __getattr__(name: str) -> Any:
+    """Provider names from the config file are targets too (`--target <provider name>`)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from hookhub.config import load_config
+
+    if name in load_config().providers:
+        return for_provider(name)
+    raise AttributeError(f"no function or provider named {name!r} (see hookhub.yaml)")

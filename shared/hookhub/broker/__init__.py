@@ -1,0 +1,43 @@
+"""Brokers behind one interface, chosen by URL: `amqp(s)://` RabbitMQ or `sqlite:///` embedded."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from hookhub.broker.base import (
+    Binding,
+    Broker,
+    BrokerUnavailable,
+    Topology,
+    event_from_message,
+    message_headers,
+    topic_matches,
+)
+
+__all__ = [
+    "Binding",
+    "Broker",
+    "BrokerUnavailable",
+    "Topology",
+    "event_from_message",
+    "message_headers",
+    "open_broker",
+    "topic_matches",
+]
+
+
+def open_broker(url: str, topology: Topology) -> Broker:
+    """The broker for `url` (not started: call `await broker.start(bindings)`).
+
+    Implementations are imported lazily so the embedded shape never imports pika.
+    """
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("amqp", "amqps"):
+        from hookhub.broker.rabbitmq import RabbitMQBroker
+
+        return RabbitMQBroker(url, topology)
+    if scheme == "sqlite":
+        from hookhub.broker.sqlite import SQLiteBroker
+
+        return SQLiteBroker(url, topology)
+    raise ValueError(f"unsupported broker URL scheme {scheme!r}: use amqp://, amqps:// or sqlite:///path")

@@ -1,0 +1,31 @@
+"""Prometheus metrics, one registry per hub so that tests and embedded hubs never share counts."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.ingested = Counter(
+            "hookhub_ingested_events",
+            "Inbound events by provider (or producer) and outcome",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.ingest_latency = Histogram(
+            "hookhub_ingest_duration_seconds",
+            "Time from request received to answer, accepted events only",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "hookhub_queue_depth", "Messages waiting in each hookhub queue", ["queue"], registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

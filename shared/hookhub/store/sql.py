@@ -1,0 +1,284 @@
+"""The store on SQLAlchemy Core: SQLite (the default, a file) and PostgreSQL (production).
+
+Writes go through a group committer: every claim or settle that arrives while a transaction
+is running joins the next one, so a thousand concurrent webhooks cost a handful of multi-row
+`INSERT ... ON CONFLICT DO NOTHING RETURNING` statements instead of a thousand round trips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    MetaData,
+    String,
+    Table,
+    and_,
+    create_engine,
+    delete,
+    event,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from hookhub.batching import GroupCommitter
+from hookhub.store.base import ClaimResult, EventKey, IngestRecord, Store, StoreUnavailable
+
+metadata = MetaData()
+
+ingest_records = Table(
+    "ingest_records",
+    metadata,
+    Column("source", String(255), primary_key=True),
+    Column("event_id", String(255), primary_key=True),
+    Column("type", String(255), nullable=False),
+    Column("origin", String(255), nullable=False),
+    Column("correlation_id", String(255), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("claimed_at", Float, nullable=False),
+    Index("ix_ingest_records_correlation_id", "correlation_id"),
+    Index("ix_ingest_records_received_at", "received_at"),
+)
+
+_KEY = tuple_(ingest_records.c.source, ingest_records.c.event_id)
+MAX_ROWS_PER_STATEMENT = 500  # well under SQLite's bound-parameter limit at 8 columns a row
+
+
+def engine_url(url: str) -> str:
+    """SQLAlchemy URL for a store URL: PostgreSQL always through psycopg 3."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    sa_url = engine_url(url)
+    if sa_url.startswith("sqlite"):
+        path = sa_url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            from pathlib import Path
+
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(sa_url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # the broker, not this table, is the durability point
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(sa_url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+
+
+class SqlStore(Store):
+    """One implementation for both databases; only the upsert dialect differs."""
+
+    def __init__(self, url: str, stale_after: float = 60.0) -> None:
+        self.url = url
+        self.stale_after = stale_after
+        self.engine = make_engine(url)
+        self._insert = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(
+            ingest_records
+        )
+        self._claims: GroupCommitter[IngestRecord, ClaimResult] = GroupCommitter(self._claim_batch, name="store-claim")
+        self._settles: GroupCommitter[EventKey, None] = GroupCommitter(self._settle_batch, name="store-settle")
+
+    # Schema -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await asyncio.to_thread(metadata.create_all, self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"store unreachable: {type(exc).__name__}") from exc
+
+    # Claims -------------------------------------------------------------------------------
+
+    async def claim(self, records: Sequence[IngestRecord]) -> list[ClaimResult]:
+        try:
+            return await self._claims.submit(list(records))
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"store write failed: {type(exc).__name__}") from exc
+
+    def _claim_batch(self, records: list[IngestRecord]) -> list[ClaimResult]:
+        """Runs on the committer's thread: one transaction for every queued claim."""
+        now = time.time()
+        results: list[ClaimResult | None] = [None] * len(records)
+        first_index: dict[EventKey, int] = {}
+        for i, record in enumerate(records):
+            if record.key in first_index:
+                results[i] = ClaimResult.IN_FLIGHT  # a twin in this same batch goes first
+            else:
+                first_index[record.key] = i
+        with self.engine.begin() as conn:
+            inserted = self._insert_new(conn, [records[i] for i in first_index.values()], now)
+            contested: list[EventKey] = []
+            for key, i in first_index.items():
+                if key in inserted:
+                    results[i] = ClaimResult.NEW
+                else:
+                    contested.append(key)
+            if contested:
+                for key, result in self._resolve_contested(conn, contested, now).items():
+                    results[first_index[key]] = result
+        return [r if r is not None else ClaimResult.IN_FLIGHT for r in results]
+
+    def _insert_new(self, conn: Connection, records: list[IngestRecord], now: float) -> set[EventKey]:
+        inserted: set[EventKey] = set()
+        for start in range(0, len(records), MAX_ROWS_PER_STATEMENT):
+            chunk = records[start : start + MAX_ROWS_PER_STATEMENT]
+            rows = [
+                {
+                    "source": r.source,
+                    "event_id": r.event_id,
+                    "type": r.type,
+                    "origin": r.origin,
+                    "correlation_id": r.correlation_id,
+                    "received_at": r.received_at,
+                    "status": "pending",
+                    "claimed_at": now,
+                }
+                for r in chunk
+            ]
+            stmt = (
+                self._insert.values(rows)
+                .on_conflict_do_nothing(index_elements=["source", "event_id"])
+                .returning(ingest_records.c.source, ingest_records.c.event_id)
+            )
+            inserted.update((row[0], row[1]) for row in conn.execute(stmt))
+        return inserted
+
+    def _resolve_contested(self, conn: Connection, keys: list[EventKey], now: float) -> dict[EventKey, ClaimResult]:
+        """Keys that already had a row: accepted → duplicate; pending → in flight, or ours if stale."""
+        rows = conn.execute(
+            select(ingest_records.c.source, ingest_records.c.event_id, ingest_records.c.status, ingest_records.c.claimed_at)
+            .where(_KEY.in_(keys))
+        ).all()
+        found = {(r.source, r.event_id): r for r in rows}
+        outcome: dict[EventKey, ClaimResult] = {}
+        for key in keys:
+            row = found.get(key)
+            if row is None:  # released between our insert and select: the caller retries the claim
+                outcome[key] = ClaimResult.IN_FLIGHT
+            elif row.status == "accepted":
+                outcome[key] = ClaimResult.DUPLICATE
+            elif now - row.claimed_at > self.stale_after and self._take_over(conn, key, row.claimed_at, now):
+                outcome[key] = ClaimResult.NEW
+            else:
+                outcome[key] = ClaimResult.IN_FLIGHT
+        return outcome
+
+    def _take_over(self, conn: Connection, key: EventKey, seen_claimed_at: float, now: float) -> bool:
+        """Compare-and-set on claimed_at, so exactly one replica takes over a stale claim."""
+        result = conn.execute(
+            update(ingest_records)
+            .where(
+                and_(
+                    ingest_records.c.source == key[0],
+                    ingest_records.c.event_id == key[1],
+                    ingest_records.c.status == "pending",
+                    ingest_records.c.claimed_at == seen_claimed_at,
+                )
+            )
+            .values(claimed_at=now)
+        )
+        return result.rowcount == 1
+
+    # Settle and release -------------------------------------------------------------------
+
+    async def settle(self, keys: Sequence[EventKey]) -> None:
+        try:
+            await self._settles.submit(list(keys))
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"store write failed: {type(exc).__name__}") from exc
+
+    def _settle_batch(self, keys: list[EventKey]) -> list[None]:
+        with self.engine.begin() as conn:
+            for start in range(0, len(keys), MAX_ROWS_PER_STATEMENT):
+                chunk = keys[start : start + MAX_ROWS_PER_STATEMENT]
+                conn.execute(update(ingest_records).where(_KEY.in_(chunk)).values(status="accepted"))
+        return [None] * len(keys)
+
+    async def release(self, keys: Sequence[EventKey]) -> None:
+        def run() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    delete(ingest_records).where(and_(_KEY.in_(list(keys)), ingest_records.c.status == "pending"))
+                )
+
+        try:
+            await asyncio.to_thread(run)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"store write failed: {type(exc).__name__}") from exc
+
+    # Reads --------------------------------------------------------------------------------
+
+    async def ingest_record(self, key: EventKey) -> IngestRecord | None:
+        def run() -> IngestRecord | None:
+            with self.engine.connect() as conn:
+                row = conn.execute(select(ingest_records).where(_KEY == key)).first()
+            return _record(row._mapping) if row else None
+
+        return await self._read(run)
+
+    async def records_by_correlation(self, correlation_id: str, limit: int = 100) -> list[IngestRecord]:
+        def run() -> list[IngestRecord]:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(ingest_records)
+                    .where(ingest_records.c.correlation_id == correlation_id)
+                    .order_by(ingest_records.c.received_at)
+                    .limit(limit)
+                ).all()
+            return [_record(r._mapping) for r in rows]
+
+        return await self._read(run)
+
+    async def _read(self, fn: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"store read failed: {type(exc).__name__}") from exc
+
+    async def ping(self) -> bool:
+        def run() -> None:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(run), timeout=2.0)
+            return True
+        except (SQLAlchemyError, TimeoutError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._claims.close)
+        await asyncio.to_thread(self._settles.close)
+        self.engine.dispose()
+
+
+def _record(row: Any) -> IngestRecord:
+    return IngestRecord(
+        source=row["source"],
+        event_id=row["event_id"],
+        type=row["type"],
+        origin=row["origin"],
+        correlation_id=row["correlation_id"],
+        received_at=row["received_at"],
+        status=row["status"],
+    )

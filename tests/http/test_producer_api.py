@@ -1,0 +1,78 @@
+"""POST /events: binary, structured and batch CloudEvents from internal producers."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from tests.http.conftest import PRODUCER_TOKEN, HubClient
+
+AUTH = {"Authorization": f"Bearer {PRODUCER_TOKEN}"}
+
+
+def structured(event_id: str | None = None, **extra: object) -> dict[str, object]:
+    return {"specversion": "1.0", "id": event_id or uuid.uuid4().hex, "source": "/billing",
+            "type": "com.acme.invoice.created", "data": {"amount": 10}, **extra}
+
+
+async def test_binary_mode_keeps_body_and_content_type(hub: HubClient) -> None:
+    headers = {**AUTH, "ce-specversion": "1.0", "ce-id": "b-1", "ce-source": "/billing",
+               "ce-type": "com.acme.invoice.created", "ce-tenant": "t1", "Content-Type": "text/plain"}
+    response = await hub.client.post("/events", content=b"raw bytes \x00\x01", headers=headers)
+    assert response.status_code == 202 and response.json() == {"id": "b-1", "status": "accepted"}
+    assert await hub.enqueued() == 1
+
+
+async def test_structured_mode_and_duplicate(hub: HubClient) -> None:
+    headers = {**AUTH, "Content-Type": "application/cloudevents+json"}
+    body = json.dumps(structured("s-1", correlationid="order-9"))
+    assert (await hub.client.post("/events", content=body, headers=headers)).status_code == 202
+    again = await hub.client.post("/events", content=body, headers=headers)
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    assert await hub.enqueued() == 1
+    records = await hub.hub.store.records_by_correlation("order-9")
+    assert [r.event_id for r in records] == ["s-1"]
+
+
+async def test_batch_is_accepted_whole(hub: HubClient) -> None:
+    events = [structured() for _ in range(100)]
+    headers = {**AUTH, "Content-Type": "application/cloudevents-batch+json"}
+    response = await hub.client.post("/events", content=json.dumps(events), headers=headers)
+    assert response.status_code == 202
+    assert response.json()["ids"] == [e["id"] for e in events]
+    assert await hub.enqueued() == 100
+
+
+async def test_batch_with_one_invalid_event_enqueues_nothing(hub: HubClient) -> None:
+    events = [structured() for _ in range(5)]
+    del events[3]["source"]
+    headers = {**AUTH, "Content-Type": "application/cloudevents-batch+json"}
+    response = await hub.client.post("/events", content=json.dumps(events), headers=headers)
+    assert response.status_code == 400
+    assert "[3].source" in response.json()["error"]
+    assert await hub.enqueued() == 0
+
+
+async def test_missing_binary_attributes_are_named(hub: HubClient) -> None:
+    headers = {**AUTH, "ce-specversion": "1.0", "ce-source": "/billing"}
+    response = await hub.client.post("/events", content=b"{}", headers=headers)
+    assert response.status_code == 400
+    assert response.json()["detail"]["missing"] == ["id", "type"]
+    assert await hub.enqueued() == 0
+
+
+async def test_bad_or_missing_token_is_401(hub: HubClient) -> None:
+    body = json.dumps(structured())
+    for headers in ({"Authorization": "Bearer nope"}, {}):
+        headers["Content-Type"] = "application/cloudevents+json"
+        response = await hub.client.post("/events", content=body, headers=headers)
+        assert response.status_code == 401
+    assert await hub.enqueued() == 0
+
+
+async def test_producers_cannot_impersonate_providers(hub: HubClient) -> None:
+    headers = {**AUTH, "Content-Type": "application/cloudevents+json"}
+    body = json.dumps(structured(source="/providers/stripe"))
+    response = await hub.client.post("/events", content=body, headers=headers)
+    assert response.status_code == 400 and "reserved" in response.json()["error"]
+    assert await hub.enqueued() == 0
