@@ -1,8 +1,8 @@
 """functions-framework's default source: every deployable function, by target name.
 
-    functions-framework --target webhook --asgi   # HOOKHUB_PROVIDER picks the provider
-    functions-framework --target stripe --asgi    # any provider name from hookhub.yaml
-    functions-framework --target events --asgi    # producer API
+functions-framework --target webhook --asgi   # HOOKHUB_PROVIDER picks the provider
+functions-framework --target stripe --asgi    # any provider name from hookhub.yaml
+functions-framework --target events --asgi    # producer API
 """
 
 from __future__ import annotations

@@ -67,7 +67,10 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ("broker: redis://localhost\n", "broker"),
         ("store: mysql://localhost\n", "store"),
         ("subscriptions:\n  s: {url: 'http://x/h', types: ['a b']}\n", "subscriptions.s.types.0"),
-        ("subscriptions:\n  s: {url: 'http://x/h', types: ['a.*'], timeout: soon}\n", "subscriptions.s.timeout"),
+        (
+            "subscriptions:\n  s: {url: 'http://x/h', types: ['a.*'], timeout: soon}\n",
+            "subscriptions.s.timeout",
+        ),
         ("subscriptions:\n  s: {url: 'not a url', types: ['a.*']}\n", "subscriptions.s.url"),
         ("subscriptions:\n  s: {types: ['a.*']}\n", "subscriptions.s"),
         ("subscriptions:\n  s: {url: 'http://x/h', types: []}\n", "subscriptions.s.types"),
@@ -93,7 +96,9 @@ def test_passwords_in_urls_are_redacted_in_errors() -> None:
     assert "hunter2" not in str(err.value)
 
 
-@pytest.mark.parametrize(("value", "seconds"), [("10s", 10), ("500ms", 0.5), ("5m", 300), ("1h", 3600), (3, 3)])
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("10s", 10), ("500ms", 0.5), ("5m", 300), ("1h", 3600), (3, 3)]
+)
 def test_durations(value: object, seconds: float) -> None:
     assert parse_duration(value) == seconds
 

@@ -102,7 +102,9 @@ def test_functions_framework_asgi_serves_a_provider(
     assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
 
 
-def test_functions_framework_serves_the_producer_api(config_file: Path, stop: list[subprocess.Popen[bytes]]) -> None:
+def test_functions_framework_serves_the_producer_api(
+    config_file: Path, stop: list[subprocess.Popen[bytes]]
+) -> None:
     port = free_port()
     command = [str(BIN / "functions-framework"), "--target", "events", "--asgi", "--port", str(port)]
     stop.append(serve(command, {"HOOKHUB_CONFIG": str(config_file)}, port))
@@ -115,7 +117,9 @@ def test_functions_framework_serves_the_producer_api(config_file: Path, stop: li
     assert response.status_code == 202, response.text
 
 
-def test_hookhub_run_serves_everything_on_one_port(config_file: Path, stop: list[subprocess.Popen[bytes]]) -> None:
+def test_hookhub_run_serves_everything_on_one_port(
+    config_file: Path, stop: list[subprocess.Popen[bytes]]
+) -> None:
     port = free_port()
     command = [str(BIN / "hookhub"), "run", "--config", str(config_file), "--port", str(port)]
     stop.append(serve(command, {}, port))

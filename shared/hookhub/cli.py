@@ -13,7 +13,9 @@ from rich.console import Console
 from hookhub.config import HubConfig, load_config
 from hookhub.errors import ConfigError
 
-app = typer.Typer(help="hookhub: a webhook hub built as serverless functions for Knative.", no_args_is_help=True)
+app = typer.Typer(
+    help="hookhub: a webhook hub built as serverless functions for Knative.", no_args_is_help=True
+)
 err = Console(stderr=True)
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="Config file (default: $HOOKHUB_CONFIG or hookhub.yaml)")
@@ -42,6 +44,7 @@ def run(
 
     hub_config = _load(config)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # the broker logs its own one-line warnings
     err.print(f"hookhub listening on http://{host}:{port} ({len(hub_config.providers)} providers)")
     uvicorn.run(
         create_app(hub_config),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from urllib.parse import urlparse
 
 import yaml
@@ -93,7 +93,7 @@ class SubscriptionConfig(BaseModel):
     secret: SecretStr | None = None  # Standard Webhooks signing secret (whsec_...)
     token: SecretStr | None = None  # pull subscriptions: the consumer's bearer token
     max_attempts: int = Field(8, ge=1, le=100)
-    backoff: Backoff = Field(default_factory=Backoff)
+    backoff: Backoff = Field(default_factory=lambda: Backoff())
     timeout: Duration = 10.0
     max_in_flight: int = Field(16, ge=1, le=10_000)
     rate_limit: float | None = Field(None, gt=0)  # deliveries per second
@@ -124,7 +124,10 @@ def _provider_union() -> Any:
     return Annotated[Union[models], Field(discriminator="kind")]  # noqa: UP007  (built at run time)
 
 
-ProviderSpec = _provider_union()
+if TYPE_CHECKING:
+    ProviderSpec = ProviderSettings
+else:
+    ProviderSpec = _provider_union()
 
 
 class HubConfig(BaseModel):
@@ -213,7 +216,9 @@ def substitute_env(value: Any, environ: dict[str, str], path: str = "") -> Any:
 def apply_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
     """`HOOKHUB_<KEY>` replaces the top-level scalar setting `<key>` (e.g. HOOKHUB_BROKER)."""
     scalar_keys = [
-        name for name, f in HubConfig.model_fields.items() if name not in ("providers", "producers", "subscriptions")
+        name
+        for name, f in HubConfig.model_fields.items()
+        if name not in ("providers", "producers", "subscriptions")
     ]
     for key in scalar_keys:
         env_name = f"HOOKHUB_{key.upper()}"
@@ -250,7 +255,9 @@ def parse_config(data: Any, source: str = "config", environ: dict[str, str] | No
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
-def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> HubConfig:
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None
+) -> HubConfig:
     """Read, substitute, override and validate the config file (`--config`, else HOOKHUB_CONFIG)."""
     env = dict(os.environ if environ is None else environ)
     config_path = Path(path or env.get("HOOKHUB_CONFIG") or DEFAULT_CONFIG_PATH)

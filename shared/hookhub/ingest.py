@@ -15,13 +15,14 @@ import time
 from collections.abc import Sequence
 
 from hookhub.broker.base import Broker, BrokerUnavailable
-from hookhub.errors import Unavailable
+from hookhub.errors import Unavailable, Unprocessable
 from hookhub.events import Event
 from hookhub.store.base import ClaimResult, EventKey, IngestRecord, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 IN_FLIGHT_POLL_SECONDS = 0.02
+MAX_ATTRIBUTE_BYTES = 255  # AMQP short strings (routing key) and the store's key columns
 
 
 class Outcome(enum.Enum):
@@ -45,6 +46,8 @@ class Ingestor:
 
         Raises `Unavailable` (503) when the store or the broker cannot make them durable.
         """
+        for event in events:
+            _check_lengths(event)
         outcomes: dict[EventKey, Outcome] = {}
         pending = _unique(events)
         deadline = time.monotonic() + self.publish_timeout
@@ -181,3 +184,10 @@ def _unique(events: Sequence[Event]) -> list[Event]:
             seen.add(event.key)
             unique.append(event)
     return unique
+
+
+def _check_lengths(event: Event) -> None:
+    """Refuse (422) attributes the broker or store could not carry, before anything is written."""
+    for name in ("id", "source", "type"):
+        if len(getattr(event, name).encode("utf-8")) > MAX_ATTRIBUTE_BYTES:
+            raise Unprocessable(f"event {name} longer than {MAX_ATTRIBUTE_BYTES} bytes", detail={"attribute": name})

@@ -120,11 +120,16 @@ def _binary_event(body: bytes, headers: Mapping[str, str], correlation: str | No
     if missing:
         raise BadRequest(
             f"missing required attributes: {', '.join(missing)}",
-            detail={"missing": missing, "hint": "send ce-* headers (binary mode) or application/cloudevents+json"},
+            detail={
+                "missing": missing,
+                "hint": "send ce-* headers (binary mode) or application/cloudevents+json",
+            },
         )
     if headers["ce-specversion"] != "1.0":
         raise BadRequest("unsupported specversion (only 1.0)", detail={"attribute": "specversion"})
-    extras = {k[3:]: v for k, v in headers.items() if k.startswith("ce-") and k not in REQUIRED_BINARY_HEADERS}
+    extras = {
+        k[3:]: v for k, v in headers.items() if k.startswith("ce-") and k not in REQUIRED_BINARY_HEADERS
+    }
     optional = {attr: extras.pop(h[3:]) for h, attr in _OPTIONAL_BINARY.items() if h[3:] in extras}
     correlation = extras.pop("correlationid", None) or correlation or headers["ce-id"]
     return Event(

@@ -71,7 +71,9 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 
 @pytest.fixture
 async def hub(broker_url: str, tmp_path: Any, namespace: str) -> AsyncIterator[HubClient]:
-    async with running_hub(base_config(broker_url, f"sqlite:///{tmp_path}/store.db", namespace)) as hub_client:
+    async with running_hub(
+        base_config(broker_url, f"sqlite:///{tmp_path}/store.db", namespace)
+    ) as hub_client:
         yield hub_client
         await delete_namespace(broker_url, hub_client.hub)
 

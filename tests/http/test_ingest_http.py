@@ -15,10 +15,24 @@ import pytest
 from tests.http.conftest import SECRETS, HubClient, base_config, running_hub
 
 
-def stripe_request(event_id: str | None = None, *, secret: str = SECRETS["stripe"], ts: int | None = None,
-                   body: bytes | None = None) -> tuple[bytes, dict[str, str]]:
-    body = body or json.dumps({"id": event_id or f"evt_{uuid.uuid4().hex}", "type": "invoice.paid",
-                               "object": "event", "data": {"object": {"amount": 100}}}).encode()
+def stripe_request(
+    event_id: str | None = None,
+    *,
+    secret: str = SECRETS["stripe"],
+    ts: int | None = None,
+    body: bytes | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    body = (
+        body
+        or json.dumps(
+            {
+                "id": event_id or f"evt_{uuid.uuid4().hex}",
+                "type": "invoice.paid",
+                "object": "event",
+                "data": {"object": {"amount": 100}},
+            }
+        ).encode()
+    )
     ts = int(time.time()) if ts is None else ts
     sig = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
     return body, {"Stripe-Signature": f"t={ts},v1={sig}", "Content-Type": "application/json"}
@@ -43,7 +57,9 @@ async def test_accepted_event_is_enqueued_with_its_cloudevent_attributes(hub: Hu
     assert response.json() == {"id": "evt_1", "status": "accepted"}
     assert await hub.enqueued() == 1
     record = await hub.hub.store.ingest_record(("/providers/stripe", "evt_1"))
-    assert record is not None and record.type == "com.stripe.invoice.paid" and record.correlation_id == "corr-1"
+    assert (
+        record is not None and record.type == "com.stripe.invoice.paid" and record.correlation_id == "corr-1"
+    )
 
 
 async def test_rotated_secret_is_accepted(hub: HubClient) -> None:
@@ -91,7 +107,9 @@ async def test_many_concurrent_distinct_events_all_enqueued(hub: HubClient) -> N
         ("too large", 413, None),
     ],
 )
-async def test_rejections_enqueue_nothing(hub: HubClient, case: str, status: int, message: str | None) -> None:
+async def test_rejections_enqueue_nothing(
+    hub: HubClient, case: str, status: int, message: str | None
+) -> None:
     path = "/webhooks/stripe"
     body, headers = stripe_request()
     if case == "unknown provider":
@@ -107,7 +125,9 @@ async def test_rejections_enqueue_nothing(hub: HubClient, case: str, status: int
     elif case == "envelope missing type":
         body, headers = stripe_request(body=json.dumps({"id": "evt_x"}).encode())
     elif case == "too large":
-        body, headers = stripe_request(body=json.dumps({"id": "e", "type": "t", "pad": "x" * 70_000}).encode())
+        body, headers = stripe_request(
+            body=json.dumps({"id": "e", "type": "t", "pad": "x" * 70_000}).encode()
+        )
     response = await hub.client.post(path, content=body, headers=headers)
     assert response.status_code == status, response.text
     if message:
@@ -122,7 +142,9 @@ async def test_oversized_chunked_body_is_refused_while_streaming(hub: HubClient)
         for _ in range(70):
             yield b"x" * 1000
 
-    response = await hub.client.post("/webhooks/stripe", content=chunks(), headers={"Stripe-Signature": "t=1,v1=0"})
+    response = await hub.client.post(
+        "/webhooks/stripe", content=chunks(), headers={"Stripe-Signature": "t=1,v1=0"}
+    )
     assert response.status_code == 413
     assert await hub.enqueued() == 0
 
@@ -131,7 +153,11 @@ async def test_slack_url_verification_echoes_challenge_and_enqueues_nothing(hub:
     body = json.dumps({"type": "url_verification", "challenge": "abc123", "token": "x"}).encode()
     ts = str(int(time.time()))
     sig = hmac.new(SECRETS["slack"].encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
-    headers = {"X-Slack-Signature": f"v0={sig}", "X-Slack-Request-Timestamp": ts, "Content-Type": "application/json"}
+    headers = {
+        "X-Slack-Signature": f"v0={sig}",
+        "X-Slack-Request-Timestamp": ts,
+        "Content-Type": "application/json",
+    }
     response = await hub.client.post("/webhooks/slack", content=body, headers=headers)
     assert response.status_code == 200 and response.json() == {"challenge": "abc123"}
     assert await hub.enqueued() == 0
@@ -140,9 +166,16 @@ async def test_slack_url_verification_echoes_challenge_and_enqueues_nothing(hub:
 async def test_shopify_and_standard_webhooks_map_ids_and_types(hub: HubClient) -> None:
     body = b'{"id": 42, "email": "a@b.c"}'
     digest = base64.b64encode(hmac.new(SECRETS["shopify"].encode(), body, hashlib.sha256).digest()).decode()
-    response = await hub.client.post("/webhooks/shop", content=body, headers={
-        "X-Shopify-Hmac-Sha256": digest, "X-Shopify-Topic": "orders/create",
-        "X-Shopify-Event-Id": "shop-evt-1", "Content-Type": "application/json"})
+    response = await hub.client.post(
+        "/webhooks/shop",
+        content=body,
+        headers={
+            "X-Shopify-Hmac-Sha256": digest,
+            "X-Shopify-Topic": "orders/create",
+            "X-Shopify-Event-Id": "shop-evt-1",
+            "Content-Type": "application/json",
+        },
+    )
     assert response.status_code == 202 and response.json()["id"] == "shop-evt-1"
     record = await hub.hub.store.ingest_record(("/providers/shop", "shop-evt-1"))
     assert record is not None and record.type == "com.shopify.orders.create"
@@ -150,8 +183,11 @@ async def test_shopify_and_standard_webhooks_map_ids_and_types(hub: HubClient) -
     msg_id, ts, body = "msg_1", str(int(time.time())), b'{"type": "invoice.created", "x": 1}'
     key = base64.b64decode(SECRETS["standard"].removeprefix("whsec_"))
     sig = base64.b64encode(hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()).decode()
-    response = await hub.client.post("/webhooks/svix", content=body, headers={
-        "webhook-id": msg_id, "webhook-timestamp": ts, "webhook-signature": f"v1,{sig}"})
+    response = await hub.client.post(
+        "/webhooks/svix",
+        content=body,
+        headers={"webhook-id": msg_id, "webhook-timestamp": ts, "webhook-signature": f"v1,{sig}"},
+    )
     assert response.status_code == 202
     record = await hub.hub.store.ingest_record(("/providers/svix", "msg_1"))
     assert record is not None and record.type == "com.svix.invoice.created"

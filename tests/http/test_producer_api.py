@@ -11,13 +11,26 @@ AUTH = {"Authorization": f"Bearer {PRODUCER_TOKEN}"}
 
 
 def structured(event_id: str | None = None, **extra: object) -> dict[str, object]:
-    return {"specversion": "1.0", "id": event_id or uuid.uuid4().hex, "source": "/billing",
-            "type": "com.acme.invoice.created", "data": {"amount": 10}, **extra}
+    return {
+        "specversion": "1.0",
+        "id": event_id or uuid.uuid4().hex,
+        "source": "/billing",
+        "type": "com.acme.invoice.created",
+        "data": {"amount": 10},
+        **extra,
+    }
 
 
 async def test_binary_mode_keeps_body_and_content_type(hub: HubClient) -> None:
-    headers = {**AUTH, "ce-specversion": "1.0", "ce-id": "b-1", "ce-source": "/billing",
-               "ce-type": "com.acme.invoice.created", "ce-tenant": "t1", "Content-Type": "text/plain"}
+    headers = {
+        **AUTH,
+        "ce-specversion": "1.0",
+        "ce-id": "b-1",
+        "ce-source": "/billing",
+        "ce-type": "com.acme.invoice.created",
+        "ce-tenant": "t1",
+        "Content-Type": "text/plain",
+    }
     response = await hub.client.post("/events", content=b"raw bytes \x00\x01", headers=headers)
     assert response.status_code == 202 and response.json() == {"id": "b-1", "status": "accepted"}
     assert await hub.enqueued() == 1
@@ -75,4 +88,12 @@ async def test_producers_cannot_impersonate_providers(hub: HubClient) -> None:
     body = json.dumps(structured(source="/providers/stripe"))
     response = await hub.client.post("/events", content=body, headers=headers)
     assert response.status_code == 400 and "reserved" in response.json()["error"]
+    assert await hub.enqueued() == 0
+
+
+async def test_attributes_too_long_for_the_broker_are_422(hub: HubClient) -> None:
+    headers = {**AUTH, "Content-Type": "application/cloudevents+json"}
+    body = json.dumps(structured(type="com.acme." + "x" * 300))
+    response = await hub.client.post("/events", content=body, headers=headers)
+    assert response.status_code == 422 and "type" in response.json()["error"]
     assert await hub.enqueued() == 0

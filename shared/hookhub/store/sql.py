@@ -96,8 +96,12 @@ class SqlStore(Store):
         self._insert = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(
             ingest_records
         )
-        self._claims: GroupCommitter[IngestRecord, ClaimResult] = GroupCommitter(self._claim_batch, name="store-claim")
-        self._settles: GroupCommitter[EventKey, None] = GroupCommitter(self._settle_batch, name="store-settle")
+        self._claims: GroupCommitter[IngestRecord, ClaimResult] = GroupCommitter(
+            self._claim_batch, name="store-claim"
+        )
+        self._settles: GroupCommitter[EventKey, None] = GroupCommitter(
+            self._settle_batch, name="store-settle"
+        )
 
     # Schema -------------------------------------------------------------------------------
 
@@ -163,11 +167,17 @@ class SqlStore(Store):
             inserted.update((row[0], row[1]) for row in conn.execute(stmt))
         return inserted
 
-    def _resolve_contested(self, conn: Connection, keys: list[EventKey], now: float) -> dict[EventKey, ClaimResult]:
+    def _resolve_contested(
+        self, conn: Connection, keys: list[EventKey], now: float
+    ) -> dict[EventKey, ClaimResult]:
         """Keys that already had a row: accepted → duplicate; pending → in flight, or ours if stale."""
         rows = conn.execute(
-            select(ingest_records.c.source, ingest_records.c.event_id, ingest_records.c.status, ingest_records.c.claimed_at)
-            .where(_KEY.in_(keys))
+            select(
+                ingest_records.c.source,
+                ingest_records.c.event_id,
+                ingest_records.c.status,
+                ingest_records.c.claimed_at,
+            ).where(_KEY.in_(keys))
         ).all()
         found = {(r.source, r.event_id): r for r in rows}
         outcome: dict[EventKey, ClaimResult] = {}
@@ -218,7 +228,9 @@ class SqlStore(Store):
         def run() -> None:
             with self.engine.begin() as conn:
                 conn.execute(
-                    delete(ingest_records).where(and_(_KEY.in_(list(keys)), ingest_records.c.status == "pending"))
+                    delete(ingest_records).where(
+                        and_(_KEY.in_(list(keys)), ingest_records.c.status == "pending")
+                    )
                 )
 
         try:
@@ -231,7 +243,10 @@ class SqlStore(Store):
     async def ingest_record(self, key: EventKey) -> IngestRecord | None:
         def run() -> IngestRecord | None:
             with self.engine.connect() as conn:
-                row = conn.execute(select(ingest_records).where(_KEY == key)).first()
+                stmt = select(ingest_records).where(
+                    ingest_records.c.source == key[0], ingest_records.c.event_id == key[1]
+                )
+                row = conn.execute(stmt).first()
             return _record(row._mapping) if row else None
 
         return await self._read(run)

@@ -1,0 +1,211 @@
+"""Test helpers: read queues back from either broker, and a TCP proxy to break connections.
+
+Reading back goes around the broker under test (pika BlockingConnection, plain sqlite3), so a
+test checks what actually landed in the queues, not what the broker thinks it wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+
+from hookhub.broker import Broker, Topology, event_from_message
+from hookhub.broker.base import HEADER_PREFIX
+from hookhub.broker.rabbitmq import RabbitMQBroker
+from hookhub.broker.sqlite import MESSAGES_TABLE, SQLiteBroker, sqlite_path
+from hookhub.events import Event
+
+UNREACHABLE_AMQP = "amqp://guest:guest@127.0.0.1:1/%2F"  # port 1: connection refused at once
+
+
+@dataclass
+class Message:
+    queue: str
+    routing_key: str
+    headers: dict[str, Any]  # only the CloudEvents ones (quorum queues add x-delivery-count)
+    body: bytes
+    content_type: str | None = None
+    message_id: str | None = None
+    delivery_mode: int | None = None
+
+    @property
+    def event(self) -> Event:
+        return event_from_message(self.headers, self.body)
+
+
+@dataclass
+class Harness:
+    """One broker kind under test, with a fresh namespace; closes and cleans up at teardown."""
+
+    kind: str
+    url: str
+    topology: Topology
+    unreachable_url: str
+    brokers: list[Broker] = field(default_factory=list)
+    queues: set[str] = field(default_factory=set)
+
+    def sub(self, name: str) -> str:
+        queue = self.topology.subscription_queue(name)
+        self.queues.add(queue)
+        return queue
+
+    def broker(self, url: str | None = None, **kwargs: Any) -> Broker:
+        url = url or self.url
+        if self.kind == "rabbitmq":
+            kwargs.setdefault("connection_name", f"hookhub-test-{self.topology.namespace}")
+            broker: Broker = RabbitMQBroker(url, self.topology, **kwargs)
+        else:
+            broker = SQLiteBroker(url, self.topology, **kwargs)
+        self.brokers.append(broker)
+        return broker
+
+    async def read(self, queue: str) -> list[Message]:
+        """Drain `queue` and return its messages in queue order."""
+        if self.kind == "rabbitmq":
+            return await asyncio.to_thread(rabbit_drain, self.url, queue)
+        return sqlite_drain(self.url, queue)
+
+    async def cleanup(self) -> None:
+        for broker in self.brokers:
+            with contextlib.suppress(Exception):
+                await broker.close()
+        if self.kind == "rabbitmq":
+            await asyncio.to_thread(rabbit_delete_topology, self.url, self.topology, self.queues)
+
+
+def rabbit_drain(url: str, queue: str) -> list[Message]:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        out: list[Message] = []
+        while True:
+            method, props, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return out
+            headers = {k: v for k, v in (props.headers or {}).items() if k.startswith(HEADER_PREFIX)}
+            out.append(
+                Message(
+                    queue,
+                    method.routing_key,
+                    headers,
+                    body,
+                    props.content_type,
+                    props.message_id,
+                    props.delivery_mode,
+                )
+            )
+    finally:
+        connection.close()
+
+
+def rabbit_delete_topology(url: str, topology: Topology, queues: set[str]) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        for queue in {topology.unrouted_queue, *queues}:
+            channel.queue_delete(queue)
+        for exchange in (topology.exchange, topology.unrouted_exchange):
+            channel.exchange_delete(exchange)
+    finally:
+        connection.close()
+
+
+def sqlite_drain(url: str, queue: str) -> list[Message]:
+    connection = sqlite3.connect(sqlite_path(url), isolation_level=None)
+    try:
+        rows = connection.execute(
+            f"DELETE FROM {MESSAGES_TABLE} WHERE queue = ? RETURNING seq, routing_key, headers, body",
+            (queue,),
+        ).fetchall()
+    finally:
+        connection.close()
+    out = []
+    for _seq, routing_key, headers_json, body in sorted(rows):
+        headers = json.loads(headers_json)
+        content_type = headers.get(HEADER_PREFIX + "datacontenttype")
+        out.append(Message(queue, routing_key, headers, body, content_type, headers[HEADER_PREFIX + "id"], 2))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TCPProxy:
+    """Forwards 127.0.0.1:port to a server; can hold back replies and drop every connection,
+    which is how a test makes a broker look slow, restarted or gone without touching the server
+    other tests share."""
+
+    def __init__(self, host: str, port: int, listen_port: int | None = None) -> None:
+        self.target = (host, port)
+        self.port = listen_port or free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._replies = asyncio.Event()
+        self._replies.set()
+        self.connections = 0
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        self.drop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def hold_replies(self) -> None:
+        self._replies.clear()
+
+    def release_replies(self) -> None:
+        self._replies.set()
+
+    def drop(self) -> None:
+        """Reset every proxied connection on both sides, like a broker restart."""
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            server_r, server_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_w.transport.abort()
+            return
+        self.connections += 1
+        self._writers.update((client_w, server_w))
+        for coro in (self._pipe(client_r, server_w, False), self._pipe(server_r, client_w, True)):
+            task = asyncio.get_running_loop().create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                if reply:
+                    await self._replies.wait()
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.transport.abort()
+            self._writers.discard(writer)
