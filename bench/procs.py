@@ -43,8 +43,9 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 class Server:
     """One server subprocess listening on 127.0.0.1:`port`."""
 
-    def __init__(self, name: str, argv: Sequence[str], port: int, log_path: Path) -> None:
+    def __init__(self, name: str, argv: Sequence[str], port: int, log_path: Path, cwd: Path = ROOT) -> None:
         self.name = name
+        self.cwd = cwd
         self.argv = list(argv)
         self.port = port
         self.log_path = log_path
@@ -58,7 +59,7 @@ class Server:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 self.argv,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -66,7 +67,7 @@ class Server:
                 start_new_session=True,
             )
 
-    def log_tail(self, lines: int = 25) -> str:
+    def log_tail(self, lines: int = 12) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:

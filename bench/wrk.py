@@ -25,7 +25,11 @@ def ensure_wrk() -> str:
     if os.geteuid() == 0 and shutil.which("apt-get"):
         print("wrk not found; running `apt-get install -y wrk` ...", flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "install", "-y", "wrk"], ["apt-get", "update"], ["apt-get", "install", "-y", "wrk"]):
+        for cmd in (
+            ["apt-get", "install", "-y", "wrk"],
+            ["apt-get", "update"],
+            ["apt-get", "install", "-y", "wrk"],
+        ):
             subprocess.run(cmd, env=env, check=False, stdout=subprocess.DEVNULL, timeout=300)
             found = shutil.which("wrk")
             if found:
@@ -124,9 +128,8 @@ def run_wrk(url: str, script: str, settings: WrkSettings, env: dict[str, str]) -
         raise RuntimeError(f"wrk did not stop by itself: {' '.join(argv)}") from exc
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if proc.returncode != 0 or line is None:
-        raise RuntimeError(
-            f"wrk failed (exit {proc.returncode}): {' '.join(argv)}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
-        )
+        output = proc.stdout[-2000:] + proc.stderr[-2000:]
+        raise RuntimeError(f"wrk failed (exit {proc.returncode}): {' '.join(argv)}\n{output}")
     raw = json.loads(line.removeprefix("BENCH_RESULT "))
     return WrkResult(
         requests=raw["requests"],

@@ -54,6 +54,8 @@ ingest_records = Table(
 
 _KEY = tuple_(ingest_records.c.source, ingest_records.c.event_id)
 MAX_ROWS_PER_STATEMENT = 500  # well under SQLite's bound-parameter limit at 8 columns a row
+_CLAIM, _SETTLE = "claim", "settle"
+_Write = tuple[str, Any]  # (_CLAIM, IngestRecord) or (_SETTLE, EventKey)
 
 
 def engine_url(url: str) -> str:
@@ -96,11 +98,13 @@ class SqlStore(Store):
         self._insert = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(
             ingest_records
         )
-        self._claims: GroupCommitter[IngestRecord, ClaimResult] = GroupCommitter(
-            self._claim_batch, name="store-claim"
-        )
-        self._settles: GroupCommitter[EventKey, None] = GroupCommitter(
-            self._settle_batch, name="store-settle"
+        self._claim_stmt = self._insert.on_conflict_do_nothing(
+            index_elements=["source", "event_id"]
+        ).returning(ingest_records.c.source, ingest_records.c.event_id)
+        # One writer thread for claims and settles: on SQLite two writers would only queue on the
+        # file lock (with the busy handler's sleeps); on PostgreSQL one transaction beats two.
+        self._writes: GroupCommitter[_Write, ClaimResult | None] = GroupCommitter(
+            self._write_batch, name="store-writes"
         )
 
     # Schema -------------------------------------------------------------------------------
@@ -115,12 +119,22 @@ class SqlStore(Store):
 
     async def claim(self, records: Sequence[IngestRecord]) -> list[ClaimResult]:
         try:
-            return await self._claims.submit(list(records))
+            results = await self._writes.submit([(_CLAIM, r) for r in records])
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"store write failed: {type(exc).__name__}") from exc
+        return [r if r is not None else ClaimResult.IN_FLIGHT for r in results]
 
-    def _claim_batch(self, records: list[IngestRecord]) -> list[ClaimResult]:
-        """Runs on the committer's thread: one transaction for every queued claim."""
+    def _write_batch(self, writes: list[_Write]) -> list[ClaimResult | None]:
+        """Runs on the committer's thread: every queued settle and claim in one transaction."""
+        settles = [payload for kind, payload in writes if kind is _SETTLE]
+        claims = [payload for kind, payload in writes if kind is _CLAIM]
+        with self.engine.begin() as conn:
+            if settles:
+                self._settle(conn, settles)
+            claimed = iter(self._claim(conn, claims) if claims else [])
+        return [next(claimed) if kind is _CLAIM else None for kind, _ in writes]
+
+    def _claim(self, conn: Connection, records: list[IngestRecord]) -> list[ClaimResult]:
         now = time.time()
         results: list[ClaimResult | None] = [None] * len(records)
         first_index: dict[EventKey, int] = {}
@@ -129,43 +143,38 @@ class SqlStore(Store):
                 results[i] = ClaimResult.IN_FLIGHT  # a twin in this same batch goes first
             else:
                 first_index[record.key] = i
-        with self.engine.begin() as conn:
-            inserted = self._insert_new(conn, [records[i] for i in first_index.values()], now)
-            contested: list[EventKey] = []
-            for key, i in first_index.items():
-                if key in inserted:
-                    results[i] = ClaimResult.NEW
-                else:
-                    contested.append(key)
-            if contested:
-                for key, result in self._resolve_contested(conn, contested, now).items():
-                    results[first_index[key]] = result
+        inserted = self._insert_new(conn, [records[i] for i in first_index.values()], now)
+        contested: list[EventKey] = []
+        for key, i in first_index.items():
+            if key in inserted:
+                results[i] = ClaimResult.NEW
+            else:
+                contested.append(key)
+        if contested:
+            for key, result in self._resolve_contested(conn, contested, now).items():
+                results[first_index[key]] = result
         return [r if r is not None else ClaimResult.IN_FLIGHT for r in results]
 
     def _insert_new(self, conn: Connection, records: list[IngestRecord], now: float) -> set[EventKey]:
-        inserted: set[EventKey] = set()
-        for start in range(0, len(records), MAX_ROWS_PER_STATEMENT):
-            chunk = records[start : start + MAX_ROWS_PER_STATEMENT]
-            rows = [
-                {
-                    "source": r.source,
-                    "event_id": r.event_id,
-                    "type": r.type,
-                    "origin": r.origin,
-                    "correlation_id": r.correlation_id,
-                    "received_at": r.received_at,
-                    "status": "pending",
-                    "claimed_at": now,
-                }
-                for r in chunk
-            ]
-            stmt = (
-                self._insert.values(rows)
-                .on_conflict_do_nothing(index_elements=["source", "event_id"])
-                .returning(ingest_records.c.source, ingest_records.c.event_id)
-            )
-            inserted.update((row[0], row[1]) for row in conn.execute(stmt))
-        return inserted
+        """Insert-if-absent, as one cached statement executed many (SQLAlchemy batches the rows
+        into multi-row INSERTs); RETURNING names the rows that were new."""
+        rows = [
+            {
+                "source": r.source,
+                "event_id": r.event_id,
+                "type": r.type,
+                "origin": r.origin,
+                "correlation_id": r.correlation_id,
+                "received_at": r.received_at,
+                "status": "pending",
+                "claimed_at": now,
+            }
+            for r in records
+        ]
+        if not rows:
+            return set()
+        result = conn.execute(self._claim_stmt, rows)
+        return {(row[0], row[1]) for row in result}
 
     def _resolve_contested(
         self, conn: Connection, keys: list[EventKey], now: float
@@ -213,16 +222,14 @@ class SqlStore(Store):
 
     async def settle(self, keys: Sequence[EventKey]) -> None:
         try:
-            await self._settles.submit(list(keys))
+            await self._writes.submit([(_SETTLE, k) for k in keys])
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"store write failed: {type(exc).__name__}") from exc
 
-    def _settle_batch(self, keys: list[EventKey]) -> list[None]:
-        with self.engine.begin() as conn:
-            for start in range(0, len(keys), MAX_ROWS_PER_STATEMENT):
-                chunk = keys[start : start + MAX_ROWS_PER_STATEMENT]
-                conn.execute(update(ingest_records).where(_KEY.in_(chunk)).values(status="accepted"))
-        return [None] * len(keys)
+    def _settle(self, conn: Connection, keys: list[EventKey]) -> None:
+        for start in range(0, len(keys), MAX_ROWS_PER_STATEMENT):
+            chunk = keys[start : start + MAX_ROWS_PER_STATEMENT]
+            conn.execute(update(ingest_records).where(_KEY.in_(chunk)).values(status="accepted"))
 
     async def release(self, keys: Sequence[EventKey]) -> None:
         def run() -> None:
@@ -282,8 +289,7 @@ class SqlStore(Store):
             return False
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._claims.close)
-        await asyncio.to_thread(self._settles.close)
+        await asyncio.to_thread(self._writes.close)
         self.engine.dispose()
 
 

@@ -1,0 +1,655 @@
+"""Ingest benchmark (issue #2): hub throughput and latency as ratios to ceilings from the same run.
+
+    .venv/bin/python -m bench.ingest [--duration 10] [--store postgres|sqlite]
+                                     [--only single|batch|latency|ceilings]
+
+Phases, each bounded in time and aimed only at 127.0.0.1:
+  ceilings  A: bare ASGI app under the same uvicorn flags and wrk script as the hub;
+            B: bare pika publisher with pipelined confirms into hookhub's topology shape;
+            plus the fixed-rate client against the bare app (the latency ceiling).
+  single    POST /webhooks/github, signed, unique X-GitHub-Delivery each: events/s vs A (>= 0.5).
+  batch     POST /events, 100 CloudEvents per request: events/s vs B (>= 0.8).
+  latency   1,000 webhooks/s open-loop for --duration seconds: p50/p95/p99 (p99 < 20 ms).
+Afterwards the hub is stopped, its subscription queue must hold every event answered 202 (no loss),
+and the run's queues, exchanges and store are deleted, also on errors and Ctrl-C.
+Exit status: 0 when every request was accepted and nothing was lost (targets are reported, not
+enforced: a shared 2-core box is too noisy to gate on), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import ceilings, fixed_rate, payloads, procs, rabbit, wrk
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+TARGET_SINGLE = 0.5
+TARGET_BATCH = 0.8
+TARGET_P99_MS = 20.0
+LATENCY_RATE = 1000.0
+# Table order: each hub row right under the ceiling it is divided by.
+ROW_ORDER = ("ceiling_a", "hub_single", "ceiling_b", "hub_batch", "latency_ceiling", "hub_latency")
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    key: str  # one of ROW_ORDER, also the result's key in the JSON summary
+    phase: str
+    rate: float | None = None
+    unit: str = ""
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    ratio: str = ""
+    target: str = ""
+    verdict: str = ""
+    note: str = ""
+
+
+@dataclass
+class Run:
+    """Everything one bench run measured, for the table and the JSON summary."""
+
+    args: argparse.Namespace
+    rows: list[Row] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    footer: list[str] = field(default_factory=list)  # printed under the table
+
+    def problem(self, text: str) -> None:
+        """Record an error (non-2xx, loss, a phase that broke) and print it at once, loudly."""
+        self.problems.append(text)
+        print(f"\n!!! ERROR: {text}\n", flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run (default 10)")
+    parser.add_argument("--store", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--only", choices=["single", "batch", "latency", "ceilings"])
+    parser.add_argument("--broker", default=rabbit.DEFAULT_URL, help="RabbitMQ URL (127.0.0.1 only)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections, single (default 32)")
+    parser.add_argument("--batch-connections", type=int, default=16, help="wrk connections, batch")
+    parser.add_argument("--messages", type=int, default=100_000, help="ceiling B message count")
+    parser.add_argument("--window", type=int, default=2_000, help="ceiling B unconfirmed in flight")
+    parser.add_argument(
+        "--hub",
+        choices=["hookhub", "bare"],
+        default="hookhub",
+        help="'bare' puts the bare ASGI app in the hub's place: a self-test of the harness",
+    )
+    args = parser.parse_args(argv)
+    try:
+        rabbit.local_only(args.broker)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def wants(args: argparse.Namespace, phase: str) -> bool:
+    """Whether this run includes `phase`, counting the ceilings each hub phase is divided by."""
+    needs = {
+        "ceiling_a": {"single", "ceilings"},
+        "ceiling_b": {"batch", "ceilings"},
+        "latency_ceiling": {"latency", "ceilings"},
+        "single": {"single"},
+        "batch": {"batch"},
+        "latency": {"latency"},
+    }
+    return args.only is None or args.only in needs[phase]
+
+
+# --- machine context -----------------------------------------------------------------------------
+
+
+def _version(module: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return "?"
+
+
+def machine_context(args: argparse.Namespace) -> dict[str, Any]:
+    """What the numbers depend on, printed first so nobody compares runs from different boxes."""
+    wrk_path = wrk.ensure_wrk()
+    wrk_version = subprocess.run([wrk_path, "-v"], capture_output=True, text=True, check=False).stdout
+    load1, load5, _ = os.getloadavg()
+    return {
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "load_average_1m_5m": [round(load1, 2), round(load5, 2)],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "uvicorn": _version("uvicorn"),
+        "pika": _version("pika"),
+        "rabbitmq": rabbit.server_version(args.broker),
+        "wrk": wrk_version.split("[")[0].strip() or wrk_path,
+        "store": args.store,
+        "duration_s": args.duration,
+    }
+
+
+def print_context(ctx: dict[str, Any]) -> None:
+    print("hookhub ingest bench")
+    print(
+        f"  machine : {ctx['cores']} cores ({ctx['usable_cores']} usable), "
+        f"load {ctx['load_average_1m_5m'][0]}/{ctx['load_average_1m_5m'][1]} (1m/5m), {ctx['platform']}"
+    )
+    print(
+        f"  software: Python {ctx['python']}, uvicorn {ctx['uvicorn']}, pika {ctx['pika']}, "
+        f"RabbitMQ {ctx['rabbitmq']}, {ctx['wrk']}"
+    )
+    print(f"  settings: store {ctx['store']}, {ctx['duration_s']:g}s per load run")
+    if ctx["load_average_1m_5m"][0] > 0.5 * (ctx["usable_cores"] or 1):
+        print("  warning : the machine is already busy; expect noisy numbers")
+    print(flush=True)
+
+
+def preflight(args: argparse.Namespace, ctx: dict[str, Any]) -> list[str]:
+    """Services this run needs that are down: better said at once than after a 60 s wait."""
+    missing = []
+    runs_hub = args.hub == "hookhub" and args.only != "ceilings"
+    if (runs_hub or wants(args, "ceiling_b")) and str(ctx["rabbitmq"]).startswith("unreachable"):
+        missing.append(f"RabbitMQ is not reachable at {args.broker.split('@')[-1]}")
+    if runs_hub and args.store == "postgres":
+        try:
+            with socket.create_connection(("127.0.0.1", 5432), timeout=3):
+                pass
+        except OSError:
+            missing.append("PostgreSQL is not reachable at 127.0.0.1:5432 (or use --store sqlite)")
+    return missing
+
+
+# --- hub process ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def store_url(kind: str, tmp: Path) -> Iterator[str]:
+    """A store the run owns: a throwaway PostgreSQL database, or an SQLite file in `tmp`.
+
+    Dropped afterwards, so each run starts empty (a growing dedup table would skew later runs)
+    and the `test` database the test-suite uses never fills with bench rows.
+    """
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp}/bench.db"
+        return
+    import psycopg
+
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        print(f"warning: cannot create a throwaway database ({exc}); using {POSTGRES_ADMIN_URL}")
+        yield POSTGRES_ADMIN_URL
+        return
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        try:
+            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except psycopg.Error as exc:
+            print(f"warning: could not drop database {name}: {exc}", file=sys.stderr)
+
+
+def hub_config(broker: str, store: str, namespace: str, tmp: Path) -> dict[str, Any]:
+    """The hub's configuration: one GitHub provider, one producer, one subscription for all events."""
+    return {
+        "broker": broker,
+        "store": store,
+        "archive": f"file://{tmp}/archive",
+        "namespace": namespace,
+        "admin_token": payloads.ADMIN_TOKEN,
+        "providers": {"github": {"kind": "github", "secrets": [payloads.SECRET]}},
+        "producers": {"bench": {"token": payloads.PRODUCER_TOKEN}},
+        "subscriptions": {
+            "sink": {"url": "http://127.0.0.1:9/unused", "types": ["com.github.#", "com.bench.#"]}
+        },
+    }
+
+
+def hub_server(kind: str, config: Path, tmp: Path) -> procs.Server:
+    if kind == "bare":
+        server = procs.bare_asgi_server(tmp)
+        server.name = "stand-in hub (bare ASGI)"
+        return server
+    port = procs.free_port()
+    argv = [
+        str(procs.VENV_BIN / "hookhub"),
+        "run",
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    return procs.Server("hub (hookhub run)", argv, port, tmp / "hub.log", cwd=tmp)
+
+
+def pause_sink(base_url: str) -> str:
+    """Pause the subscription so the dispatcher leaves the queue alone: this bench measures
+    ingest, and delivering to a dead URL would only burn the hub's CPU and move the messages."""
+    req = urllib.request.Request(
+        base_url + "/admin/subscriptions/sink/pause",
+        method="POST",
+        headers={"Authorization": f"Bearer {payloads.ADMIN_TOKEN}"},
+        data=b"",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return f"paused (HTTP {resp.status})"
+    except urllib.error.HTTPError as exc:
+        return f"could not pause (HTTP {exc.code}); the dispatcher may consume during the run"
+    except OSError as exc:
+        return f"could not pause ({exc}); the dispatcher may consume during the run"
+
+
+# --- phases --------------------------------------------------------------------------------------
+
+
+def wrk_row(key: str, phase: str, result: wrk.WrkResult, per_request: int, unit: str) -> Row:
+    return Row(
+        key=key,
+        phase=phase,
+        rate=result.accepted_rate * per_request,
+        unit=unit,
+        p50_ms=result.p50_ms,
+        p99_ms=result.p99_ms,
+    )
+
+
+def check_wrk(run: Run, phase: str, result: wrk.WrkResult) -> None:
+    if result.errors:
+        run.problem(f"{phase}: {result.errors} requests not answered 202: {result.describe_errors()}")
+
+
+def judge(row: Row, ratio: str, target: str, ok: bool) -> None:
+    """Fill in how `row` compares with its ceiling and whether it meets its target."""
+    row.ratio, row.target, row.verdict = ratio, target, "OK" if ok else "MISS"
+
+
+def latency_row(key: str, phase: str, result: fixed_rate.FixedRateResult) -> Row:
+    return Row(
+        key=key,
+        phase=phase,
+        rate=result.achieved_rate,
+        unit="req/s",
+        p50_ms=result.p50_ms,
+        p95_ms=result.p95_ms,
+        p99_ms=result.p99_ms,
+        note=f"max {result.max_ms:.1f} ms, client lag max {result.max_send_lag_ms:.1f} ms",
+    )
+
+
+def check_latency(run: Run, phase: str, result: fixed_rate.FixedRateResult) -> None:
+    if result.errors:
+        run.problem(
+            f"{phase}: {result.errors} of {result.scheduled} requests not answered 202 "
+            f"(statuses {result.statuses}; first: {result.first_error})"
+        )
+
+
+def run_ceilings(run: Run, settings: wrk.WrkSettings, tmp: Path) -> None:
+    """Ceiling A and the latency ceiling share one bare server; ceiling B runs in its own process."""
+    args = run.args
+    if wants(args, "ceiling_a") or wants(args, "latency_ceiling"):
+        server = procs.bare_asgi_server(tmp)
+        with procs.running(server, procs.clean_env(), "/readyz", timeout=30):
+            if wants(args, "ceiling_a"):
+                print("ceiling A: bare ASGI under wrk ...", flush=True)
+                url = server.base_url + "/webhooks/github"
+                warm = wrk.WrkSettings(settings.threads, settings.connections, 1, settings.timeout)
+                wrk.run_wrk(url, "webhook.lua", warm, ceilings.webhook_env())
+                a = wrk.run_wrk(url, "webhook.lua", settings, ceilings.webhook_env())
+                check_wrk(run, "ceiling A", a)
+                run.data["ceiling_a"] = asdict(a) | {"rate": a.rate}
+                run.rows.append(
+                    wrk_row("ceiling_a", f"A  bare ASGI (wrk {' '.join(settings.args()[:3])})", a, 1, "req/s")
+                )
+            if wants(args, "latency_ceiling"):
+                print(f"latency ceiling: {LATENCY_RATE:g}/s open-loop against bare ASGI ...", flush=True)
+                lat = fixed_rate.run_fixed_rate(server.base_url, rate=LATENCY_RATE, duration=args.duration)
+                check_latency(run, "latency ceiling", lat)
+                run.data["latency_ceiling"] = asdict(lat)
+                run.rows.append(
+                    latency_row("latency_ceiling", f"L  bare ASGI at {LATENCY_RATE:g}/s open-loop", lat)
+                )
+    if wants(args, "ceiling_b"):
+        print(f"ceiling B: pika publisher, {args.messages:,} persistent messages ...", flush=True)
+        b = ceilings.run_publisher_process(args.broker, args.messages, args.window, deadline_s=60)
+        if b.nacked or b.timed_out or b.queued != b.acked:
+            run.problem(
+                f"ceiling B: {b.nacked} nacked, timed out={b.timed_out}, queued {b.queued} != {b.acked}"
+            )
+        run.data["ceiling_b"] = asdict(b) | {"rate": b.rate}
+        run.rows.append(
+            Row(
+                key="ceiling_b",
+                phase=f"B  bare pika publisher ({b.acked:,} msgs)",
+                rate=b.rate,
+                unit="msg/s",
+                note=f"{b.window:,} unconfirmed in flight",
+            )
+        )
+
+
+def batch_env() -> dict[str, str]:
+    prefix, suffix = payloads.event_template()
+    return {
+        "BENCH_EVENT_PREFIX": prefix,
+        "BENCH_EVENT_SUFFIX": suffix,
+        "BENCH_BATCH_SIZE": str(payloads.BATCH_SIZE),
+        "BENCH_TOKEN": payloads.PRODUCER_TOKEN,
+        "BENCH_RUN_ID": uuid.uuid4().hex[:12],
+        "BENCH_PATH": "/events",
+    }
+
+
+@dataclass
+class Ledger:
+    """What the hub answered 202 (events it must have queued) and what it may have queued besides."""
+
+    accepted: int = 0
+    maybe: int = 0  # events in requests still unanswered when a load run stopped
+
+    def add_wrk(self, result: wrk.WrkResult, per_request: int) -> None:
+        self.accepted += result.n202 * per_request
+        self.maybe += result.unanswered * per_request
+
+
+def run_hub_phases(run: Run, hub: procs.Server, settings: wrk.WrkSettings, ledger: Ledger) -> None:
+    args = run.args
+    a = run.data.get("ceiling_a", {}).get("rate")
+    b = run.data.get("ceiling_b", {}).get("rate")
+
+    def load(
+        script: str, path: str, cfg: wrk.WrkSettings, env: Callable[[], dict[str, str]], per: int
+    ) -> wrk.WrkResult:
+        """A 1 s warm-up run, then the measured one; both count in the ledger."""
+        warm = wrk.WrkSettings(cfg.threads, cfg.connections, 1, cfg.timeout)
+        for c in (warm, cfg):
+            result = wrk.run_wrk(hub.base_url + path, script, c, env())
+            ledger.add_wrk(result, per)
+            time.sleep(0.5)  # let requests cut off at wrk's deadline finish before the next run
+        return result
+
+    if wants(args, "single"):
+        print("hub single: POST /webhooks/github under wrk ...", flush=True)
+        single = load("webhook.lua", "/webhooks/github", settings, ceilings.webhook_env, 1)
+        check_wrk(run, "hub single", single)
+        row = wrk_row("hub_single", "   hub single webhook", single, 1, "ev/s")
+        if a:
+            ratio = single.accepted_rate / a
+            judge(row, f"{ratio:.2f} of A", f">= {TARGET_SINGLE}", ratio >= TARGET_SINGLE)
+        run.data["hub_single"] = asdict(single) | {"events_per_s": single.accepted_rate}
+        run.rows.append(row)
+
+    if wants(args, "batch"):
+        print(f"hub batch: POST /events, {payloads.BATCH_SIZE} events per request ...", flush=True)
+        cfg = wrk.WrkSettings(settings.threads, args.batch_connections, settings.duration, settings.timeout)
+        batch = load("batch.lua", "/events", cfg, batch_env, payloads.BATCH_SIZE)
+        check_wrk(run, "hub batch", batch)
+        row = wrk_row(
+            "hub_batch",
+            f"   hub batch x{payloads.BATCH_SIZE} (-c{cfg.connections})",
+            batch,
+            payloads.BATCH_SIZE,
+            "ev/s",
+        )
+        events_per_s = batch.accepted_rate * payloads.BATCH_SIZE
+        if b:
+            ratio = events_per_s / b
+            judge(row, f"{ratio:.2f} of B", f">= {TARGET_BATCH}", ratio >= TARGET_BATCH)
+        row.note = "latency per request"
+        run.data["hub_batch"] = asdict(batch) | {"events_per_s": events_per_s}
+        run.rows.append(row)
+
+    if wants(args, "latency"):
+        print(f"hub latency: {LATENCY_RATE:g} webhooks/s open-loop ...", flush=True)
+        time.sleep(2.0)  # background work left by the load runs (settling claims) drains first
+        lat = fixed_rate.run_fixed_rate(hub.base_url, rate=LATENCY_RATE, duration=args.duration)
+        ledger.accepted += lat.accepted
+        ledger.maybe += lat.scheduled - lat.completed
+        check_latency(run, "hub latency", lat)
+        row = latency_row("hub_latency", f"   hub at {LATENCY_RATE:g}/s open-loop", lat)
+        ceiling = run.data.get("latency_ceiling")
+        ratio = f"p99 {lat.p99_ms / ceiling['p99_ms']:.1f}x L" if ceiling and ceiling["p99_ms"] else ""
+        judge(row, ratio, f"p99 < {TARGET_P99_MS:g} ms", lat.p99_ms < TARGET_P99_MS)
+        run.data["hub_latency"] = asdict(lat)
+        run.rows.append(row)
+
+
+def verify_no_loss(run: Run, namespace: str, ledger: Ledger) -> None:
+    """Every 202 must be a message in `<ns>.sub.sink`; counted after the hub stopped, so any
+    message a consumer held unacknowledged is back in the queue."""
+    sink, unrouted = f"{namespace}.sub.sink", f"{namespace}.unrouted"
+    extra_queues, _ = rabbit.extra_names(namespace)
+    depths = rabbit.queue_depths(run.args.broker, sorted({sink, unrouted, *extra_queues}))
+    queued = depths.get(sink)
+    info: dict[str, Any] = {"accepted_202_events": ledger.accepted, "unanswered_events": ledger.maybe}
+    info["queue_depths"] = depths
+    run.data["no_loss"] = info
+    held = "no such queue" if queued is None else f"{queued:,}"
+    line = f"no loss: {ledger.accepted:,} events answered 202; {sink} holds {held}"
+    others = {q: d for q, d in depths.items() if q != sink and d}
+    if others:
+        line += f"; other queues {others}"
+    if queued is None or queued < ledger.accepted:
+        info["verdict"] = "LOSS"
+        line += "  -> LOSS"
+        missing = ledger.accepted - (queued or 0)
+        run.problem(f"{missing:,} events answered 202 are not in {sink} (queues: {depths})")
+    elif queued > ledger.accepted + ledger.maybe:
+        info["verdict"] = "EXTRA"
+        line += "  -> MORE than accepted"
+        run.problem(
+            f"{sink} holds {queued - ledger.accepted:,} more events than were answered 202, beyond the "
+            f"{ledger.maybe:,} in requests cut off at a load run's end: duplicates?"
+        )
+    else:
+        info["verdict"] = "OK"
+        extra = queued - ledger.accepted
+        line += f" (+{extra:,} from requests cut off at a load run's end)" if extra else ""
+        line += "  -> OK"
+    if depths.get(unrouted):
+        run.problem(f"{depths[unrouted]:,} bench events in {unrouted}: the sink's patterns match them all")
+    print(line, flush=True)
+    run.footer.append(line)
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("phase", "throughput", "p50 ms", "p95 ms", "p99 ms", "ratio", "target", "", "note")
+    table = [header] + [
+        (
+            r.phase,
+            "" if r.rate is None else f"{r.rate:,.0f} {r.unit}",
+            _ms(r.p50_ms),
+            _ms(r.p95_ms),
+            _ms(r.p99_ms),
+            r.ratio,
+            r.target,
+            r.verdict,
+            r.note,
+        )
+        for r in sorted(rows, key=lambda r: ROW_ORDER.index(r.key))
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    right = {1, 2, 3, 4}
+    print()
+    for n, line in enumerate(table):
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    print(flush=True)
+
+
+def write_summary(run: Run, stamp: str) -> Path:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"ingest-{stamp}.json"
+    summary = {
+        "timestamp": stamp,
+        "options": vars(run.args),
+        "targets": {"single_vs_A": TARGET_SINGLE, "batch_vs_B": TARGET_BATCH, "p99_ms": TARGET_P99_MS},
+        "rows": [asdict(r) for r in run.rows],
+        "problems": run.problems,
+        **run.data,
+    }
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return path
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    """SIGTERM takes the same way out as Ctrl-C, through every `finally` that cleans up."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line, also for the ones whose message is empty (pika's)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
+
+
+def guarded(run: Run, what: str, step: Callable[[], None]) -> None:
+    """Run a check or cleanup step that must neither be skipped nor hide the error in flight."""
+    try:
+        step()
+    except Exception as exc:
+        run.problem(f"{what}: {describe(exc)}")
+
+
+def keep_log(hub: procs.Server, stamp: str) -> None:
+    """Copy the hub's output next to the summary: the temporary directory goes away."""
+    if hub.log_path.exists():
+        RESULTS_DIR.mkdir(exist_ok=True)
+        shutil.copy(hub.log_path, RESULTS_DIR / f"ingest-{stamp}-hub.log")
+
+
+def cleanup_namespace(run: Run, namespace: str) -> None:
+    run.data["deleted"] = rabbit.delete_namespace(run.args.broker, namespace)
+
+
+def run_hub(run: Run, settings: wrk.WrkSettings, tmp: Path, stamp: str) -> None:
+    """Start the hub on a fresh namespace and store, load it, stop it, check, and clean up."""
+    args = run.args
+    namespace = f"bench{uuid.uuid4().hex[:8]}"
+    run.data["namespace"] = namespace
+    ledger = Ledger()
+    loaded = False
+    with store_url(args.store, tmp) as store:
+        config = tmp / "hookhub.yaml"
+        config.write_text(yaml.safe_dump(hub_config(args.broker, store, namespace, tmp), sort_keys=False))
+        hub = hub_server(args.hub, config, tmp)
+        try:
+            print(f"starting {hub.name} (namespace {namespace}, store {store}) ...", flush=True)
+            hub.start(procs.clean_env())
+            hub.wait_ready("/readyz", timeout=60)
+            if args.hub == "hookhub":
+                paused = pause_sink(hub.base_url)
+                run.data["sink_pause"] = paused
+                print(f"subscription sink: {paused}", flush=True)
+            run_hub_phases(run, hub, settings, ledger)
+            loaded = True
+            time.sleep(1.0)  # in-flight publishes finish before the hub is asked to stop
+        finally:
+            hub.stop()
+            keep_log(hub, stamp)
+            if args.hub == "hookhub" and loaded:
+                guarded(run, "no-loss check", lambda: verify_no_loss(run, namespace, ledger))
+            elif args.hub == "hookhub":
+                run.footer.append("no loss: not checked (the load did not complete)")
+            guarded(run, f"deleting namespace {namespace}", lambda: cleanup_namespace(run, namespace))
+    if args.hub == "bare":
+        run.footer.append("no loss: not checked (the stand-in hub publishes nothing)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    run = Run(args)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    ctx = machine_context(args)
+    run.data["machine"] = ctx
+    print_context(ctx)
+    missing = preflight(args, ctx)
+    if missing:
+        print("cannot run:", *missing, sep="\n  - ", file=sys.stderr)
+        return 2
+    settings = wrk.WrkSettings(threads=1, connections=args.connections, duration=args.duration)
+    started = time.monotonic()
+    interrupted = False
+    try:
+        with tempfile.TemporaryDirectory(prefix="hookhub-bench-") as tmp_name:
+            tmp = Path(tmp_name)
+            try:
+                run_ceilings(run, settings, tmp)
+            except Exception as exc:  # report it, and still measure the hub
+                run.problem(f"ceilings: {describe(exc)}")
+            if args.only != "ceilings":
+                try:
+                    run_hub(run, settings, tmp, stamp)
+                except Exception as exc:  # cleanup already ran in run_hub's finally blocks
+                    run.problem(f"hub: {describe(exc)}")
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if run.rows:
+            print_table(run.rows)
+        for line in run.footer:
+            print(line)
+        run.data["elapsed_s"] = round(time.monotonic() - started, 1)
+        run.data["interrupted"] = interrupted
+        path = write_summary(run, stamp)
+        print(f"summary: {path.relative_to(procs.ROOT)}  ({run.data['elapsed_s']}s)")
+    if interrupted:
+        print("interrupted: servers stopped, bench queues, exchanges and store deleted", file=sys.stderr)
+        return 130
+    if run.problems:
+        firsts = [text.splitlines()[0] for text in run.problems]
+        print(f"{len(run.problems)} error(s):", *firsts, sep="\n  - ")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
