@@ -190,4 +190,6 @@ def _check_lengths(event: Event) -> None:
     """Refuse (422) attributes the broker or store could not carry, before anything is written."""
     for name in ("id", "source", "type"):
         if len(getattr(event, name).encode("utf-8")) > MAX_ATTRIBUTE_BYTES:
-            raise Unprocessable(f"event {name} longer than {MAX_ATTRIBUTE_BYTES} bytes", detail={"attribute": name})
+            raise Unprocessable(
+                f"event {name} longer than {MAX_ATTRIBUTE_BYTES} bytes", detail={"attribute": name}
+            )
