@@ -17,7 +17,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 
 from hookhub.errors import BadRequest, Unauthorized
-from hookhub.events import Event
+from hookhub.events import Event, utc_now_iso
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
@@ -42,7 +42,7 @@ class StructuredEvent(BaseModel):
     data: Any = None
     data_base64: str | None = None
 
-    def to_event(self, header_correlation: str | None) -> Event:
+    def to_event(self, header_correlation: str | None, received: str | None = None) -> Event:
         if self.data_base64 is not None:
             try:
                 data = base64.b64decode(self.data_base64, validate=True)
@@ -57,7 +57,8 @@ class StructuredEvent(BaseModel):
             data, content_type = pydantic_core.to_json(self.data), self.datacontenttype or "application/json"
         extensions = {k: _extension_value(k, v) for k, v in (self.model_extra or {}).items()}
         correlation = extensions.pop("correlationid", None) or header_correlation or self.id
-        kwargs: dict[str, Any] = {"time": self.time} if self.time else {}
+        time = self.time or received
+        kwargs: dict[str, Any] = {"time": time} if time else {}
         return Event(
             id=self.id,
             source=self.source,
@@ -100,7 +101,8 @@ def parse_events(body: bytes, headers: Mapping[str, str]) -> tuple[list[Event], 
             raise _attribute_error(exc, batch=True) from None
         if not items:
             raise BadRequest("empty batch")
-        events = [item.to_event(correlation) for item in items]
+        received = utc_now_iso()  # one clock read per batch, not per event
+        events = [item.to_event(correlation, received) for item in items]
         _check_sources(events)
         return events, True
     if content_type == STRUCTURED:
