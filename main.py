@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from functions.fanout import fanout
 from functions.ingest import for_provider, webhook
 from functions.producer import events
 
-__all__ = ["events", "webhook"]
+__all__ = ["events", "fanout", "webhook"]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,9 @@ from typing import Any
 from hookhub.broker import open_broker
 from hookhub.broker.base import Binding, Topology
 from hookhub.config import HubConfig, load_config, redact_url
+from hookhub.delivery import Deliverer
+from hookhub.dispatcher import Dispatcher
+from hookhub.fanout import FanOut
 from hookhub.ingest import Ingestor
 from hookhub.metrics import Metrics
 from hookhub.providers import Provider, provider_class
@@ -33,6 +36,9 @@ class Hub:
         self.broker = open_broker(config.broker, self.topology)
         self.store = open_store(config.store)
         self.ingestor = Ingestor(self.broker, self.store, config.publish_timeout)
+        self.deliverer = Deliverer()
+        self.fanout = FanOut(self.store, self.deliverer, self.metrics)
+        self.dispatcher: Dispatcher | None = None
         self._store_ready = False
 
     def bindings(self) -> list[Binding]:
@@ -42,9 +48,20 @@ class Hub:
             for name, sub in self.config.subscriptions.items()
         ]
 
-    async def start(self) -> None:
+    def queue_for(self, subscription: str) -> str:
+        return self.topology.subscription_queue(subscription)
+
+    async def start(self, dispatch: bool = False) -> None:
+        """Connect broker and store; with `dispatch`, also deliver every push subscription
+        from this process (the local shape; on Knative the broker triggers `fanout` instead)."""
         await self.ensure_store()
         await self.broker.start(self.bindings())
+        if dispatch:
+            subs = self.config.subscriptions
+            self.dispatcher = Dispatcher(
+                subs, {name: self.queue_for(name) for name in subs}, self.broker, self.store, self.fanout, self.metrics
+            )
+            await self.dispatcher.start()
         log.info(
             "hub started: broker %s, store %s, %d providers",
             redact_url(self.config.broker),
@@ -78,7 +95,10 @@ class Hub:
             self.metrics.queue_depth.labels(queue).set(depth)
 
     async def close(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
         await self.ingestor.drain()
+        await self.deliverer.close()
         await self.broker.close()
         await self.store.close()
 

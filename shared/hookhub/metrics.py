@@ -23,6 +23,31 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.deliveries = Counter(
+            "hookhub_deliveries",
+            "Delivery attempts by subscription and outcome (delivered, retry, dead, disabled)",
+            ["subscription", "outcome"],
+            registry=self.registry,
+        )
+        self.delivery_latency = Histogram(
+            "hookhub_delivery_duration_seconds",
+            "Time a subscriber took to answer one delivery attempt",
+            ["subscription"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "hookhub_dead_letters",
+            "Deliveries that became dead letters, by subscription",
+            ["subscription"],
+            registry=self.registry,
+        )
+        self.subscription_active = Gauge(
+            "hookhub_subscription_active",
+            "1 while a subscription is being delivered, 0 while paused or disabled",
+            ["subscription"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "hookhub_queue_depth", "Messages waiting in each hookhub queue", ["queue"], registry=self.registry
         )

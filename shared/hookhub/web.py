@@ -7,6 +7,7 @@ of a functions-framework `--asgi` target, so `functions/` reuse them unchanged.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,11 +19,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from hookhub.config import HubConfig
-from hookhub.errors import NotFound, PayloadTooLarge, Rejection, Unavailable
+from hookhub.broker.base import BrokerUnavailable
+from hookhub.delivery import delivery_id
+from hookhub.errors import BadRequest, NotFound, PayloadTooLarge, Rejection, Unavailable
+from hookhub.events import Event
 from hookhub.hub import Hub
 from hookhub.ingest import Outcome
 from hookhub.producers import authenticate, parse_events
 from hookhub.providers import InboundRequest
+from hookhub.store.base import StoreUnavailable, SubscriptionState
+
+PARKED_RECHECK_SECONDS = 60.0  # a paused subscription's event comes back to the function this often
 
 OUTCOME_LABELS = {
     400: "invalid",
@@ -117,6 +124,52 @@ async def handle_events(hub: Hub, request: Request) -> Response:
     return json_response(body_out, status)
 
 
+async def handle_fanout(hub: Hub, request: Request) -> Response:
+    """Knative's trigger for one subscription: `POST /<subscription>` with one binary-mode
+    CloudEvent (from the subscription's RabbitmqSource), or `/<subscription>/dead-letter` from
+    the source's dead-letter sink. 2xx means the outcome is durable (the source acks); 5xx asks
+    the source to redeliver (our store or broker is in trouble)."""
+    parts = [p for p in request.url.path.split("/") if p]
+    name = os.environ.get("HOOKHUB_SUBSCRIPTION") or (parts[0] if parts else "")
+    sub = hub.config.subscriptions.get(name)
+    if sub is None or sub.mode != "push":
+        return rejection_response(NotFound(f"unknown push subscription {name!r}"))
+    try:
+        event = triggered_event(await read_body(request, hub.config.max_body_bytes), request.headers)
+        if parts[-1:] == ["dead-letter"]:
+            await hub.fanout.record_dead_letter(name, event, 0, "the event source gave up redelivering it")
+            return json_response({"outcome": "dead"}, 200)
+        queue = hub.queue_for(name)
+        states = await hub.store.subscription_states()
+        if states.get(name, SubscriptionState.ACTIVE) is not SubscriptionState.ACTIVE:
+            # paused or disabled: park the event on the broker; it comes back after a while
+            await hub.broker.schedule(queue, event, attempt=1, delay=PARKED_RECHECK_SECONDS)
+            return json_response({"outcome": "parked"}, 200)
+        attempt = await hub.store.attempt_count(delivery_id(name, event)) + 1
+        outcome = await hub.fanout.attempt(name, sub, event, attempt)
+        decision = outcome.decision
+        if decision.outcome == "retry":
+            await hub.broker.schedule(queue, event, attempt=attempt + 1, delay=decision.delay or 0.0)
+        elif decision.outcome == "disabled":
+            await hub.broker.schedule(queue, event, attempt=attempt, delay=PARKED_RECHECK_SECONDS)
+    except Rejection as exc:
+        return rejection_response(exc)
+    except (StoreUnavailable, BrokerUnavailable) as exc:
+        return rejection_response(Unavailable(f"outcome not durable: {type(exc).__name__}"))
+    return json_response({"outcome": decision.outcome, "attempt": attempt, "delivery_id": outcome.delivery_id}, 200)
+
+
+def triggered_event(body: bytes, headers: Any) -> Event:
+    """The binary-mode CloudEvent an event source POSTs to a function."""
+    missing = [h for h in ("ce-id", "ce-source", "ce-type") if not headers.get(h)]
+    if missing:
+        raise BadRequest(f"missing CloudEvent headers: {', '.join(missing)}")
+    attrs = {k[3:]: v for k, v in headers.items() if k.startswith("ce-")}
+    if headers.get("content-type"):
+        attrs["datacontenttype"] = headers["content-type"]
+    return Event.from_attributes(attrs, body)
+
+
 async def handle_healthz(hub: Hub, request: Request) -> Response:
     return json_response({"status": "ok"}, 200)
 
@@ -132,13 +185,14 @@ async def handle_metrics(hub: Hub, request: Request) -> Response:
     return Response(hub.metrics.render(), 200, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-def create_app(config: HubConfig) -> Starlette:
-    """Every function on one port, with the hub started and stopped by the ASGI lifespan."""
+def create_app(config: HubConfig, *, dispatch: bool = True) -> Starlette:
+    """Every function on one port, plus (with `dispatch`) the fan-out dispatcher, with the hub
+    started and stopped by the ASGI lifespan."""
     hub = Hub(config)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await hub.start()
+        await hub.start(dispatch=dispatch)
         try:
             yield
         finally:

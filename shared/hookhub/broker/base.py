@@ -11,16 +11,24 @@ Topology, the same on RabbitMQ and the embedded broker:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from hookhub.events import Event
 
+log = logging.getLogger(__name__)
+
 HEADER_PREFIX = "cloudEvents:"  # CloudEvents AMQP binding: attributes as application properties
+# Scheduling headers, next to (never inside) the CloudEvents ones, so `event_from_message` still
+# rebuilds the same Event. Integers because pika can neither encode a float nor decode one exactly.
+ATTEMPT_HEADER = "hookhub-attempt"  # absent on a freshly published event: attempt 1
+NOT_BEFORE_HEADER = "hookhub-not-before-ms"  # unix time in milliseconds; absent: due at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +109,96 @@ def event_from_message(headers: dict[str, Any], body: bytes) -> Event:
     return Event.from_attributes(attrs, body)
 
 
+@dataclass(slots=True)
+class Delivery:
+    """One message leased from a subscription queue, handed to a consumer's handler.
+
+    The handler must end every delivery with exactly one of `Broker.ack`, `Broker.retry` or
+    `Broker.release`; until then the broker holds it (and redelivers it if the process dies).
+    """
+
+    event: Event
+    queue: str
+    attempt: int  # 1 for the first attempt; n after n-1 attempts that asked for a retry
+    redelivered: bool  # the broker handed it out before without an outcome (a crash, a lost lease)
+    receipt: Any = field(repr=False)  # the broker's own handle: a delivery tag, a row id
+
+
+DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+
+
+class Consumer(ABC):
+    """A running subscription to one queue."""
+
+    @abstractmethod
+    async def cancel(self, grace: float = 0.0) -> None:
+        """Stop receiving. Deliveries already handed out may still be acked, retried or released
+        for up to `grace` seconds (a graceful shutdown passes the delivery timeout, so in-flight
+        deliveries finish instead of being sent twice); any left unsettled then go back to the
+        queue, later settle calls on them are no-ops, and their handler tasks are cancelled."""
+
+
+class Receipt:
+    """Base of the brokers' delivery handles. It remembers that the delivery was settled, so a
+    second ack/retry/release (or the release after a failing handler) is a harmless no-op
+    instead of a channel error on RabbitMQ or a lost lease on SQLite."""
+
+    __slots__ = ("settled",)
+
+    def __init__(self) -> None:
+        self.settled = False
+
+
+class HandlerTasks:
+    """One task per delivery running a consumer's handler, kept so that `cancel` can wait for
+    them or stop them. A handler that raises gets its delivery released (and the error logged):
+    an exception must not leave a message leased until the process ends."""
+
+    __slots__ = ("_handler", "_release", "_tasks", "queue")
+
+    def __init__(
+        self, queue: str, handler: DeliveryHandler, release: Callable[[Delivery], Awaitable[None]]
+    ) -> None:
+        self.queue = queue
+        self._handler = handler
+        self._release = release
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run(self, delivery: Delivery) -> None:
+        try:
+            await self._handler(delivery)
+        except Exception:
+            log.exception("handler failed on event %s from %s; releasing it", delivery.event.id, self.queue)
+            if not delivery.receipt.settled:
+                try:
+                    await self._release(delivery)
+                except Exception as exc:  # the broker is down: it comes back by itself
+                    log.warning("could not release event %s: %s", delivery.event.id, exc)
+
+    async def wait(self, grace: float) -> None:
+        """Give the running handlers up to `grace` seconds to finish."""
+        if grace > 0 and self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
+
+    async def stop(self) -> None:
+        """Cancel the handlers still running and wait until they are gone."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+
 class Broker(ABC):
-    """Durable publish with confirms; the consume side arrives with fan-out."""
+    """Durable publish with confirms, and leased consumption with delayed retries."""
 
     @abstractmethod
     async def start(self, bindings: Sequence[Binding] = ()) -> None:
@@ -131,3 +227,39 @@ class Broker(ABC):
     @abstractmethod
     async def queue_depths(self) -> dict[str, int]:
         """Messages waiting per hookhub queue (for /metrics and the admin API)."""
+
+    # Consume side (fan-out) ---------------------------------------------------------------
+
+    @abstractmethod
+    async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int, lease: float) -> Consumer:
+        """Call `handler` for each message of `queue` that is due, at most `prefetch` unsettled at once.
+
+        `lease` is how long a delivery may stay unsettled before the broker may hand it to another
+        consumer (the embedded broker's visibility timeout; RabbitMQ redelivers on connection loss).
+        A message scheduled for later (`schedule`, `retry`) is not handed out before its time.
+        Survives broker restarts: the consumer re-subscribes when the connection comes back.
+        """
+
+    @abstractmethod
+    async def ack(self, delivery: Delivery) -> None:
+        """The delivery's outcome is durable elsewhere: remove the message."""
+
+    @abstractmethod
+    async def retry(self, delivery: Delivery, delay: float) -> None:
+        """Hand the event out again after `delay` seconds with `attempt + 1`.
+
+        The rescheduled copy is durable before the original is removed, so a crash in between
+        can only duplicate it, never lose it.
+        """
+
+    @abstractmethod
+    async def release(self, delivery: Delivery) -> None:
+        """Put the message back now, attempt unchanged (pause, disable, shutdown)."""
+
+    @abstractmethod
+    async def schedule(self, queue: str, event: Event, *, attempt: int, delay: float) -> None:
+        """Durably enqueue `event` into `queue`, due after `delay` seconds, as attempt `attempt`.
+
+        Used by `retry`, and by the Knative fan-out function, which gets its event over HTTP
+        rather than as a `Delivery`.
+        """

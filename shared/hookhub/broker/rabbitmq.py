@@ -12,24 +12,61 @@ is byte-for-byte what pika produces; tests compare them). This is the ingest hot
 
 The connection lives in a background task that reconnects with capped backoff after any loss;
 `publish` never waits for a reconnect, it fails fast with `BrokerUnavailable`.
+
+Consuming uses a second connection (RabbitMQ blocks a publishing connection under a resource
+alarm; the consumers, whose acks are what frees the memory, must not stall with it), one channel
+per `consume` with its own `basic.qos` prefetch, so a stalled handler on one queue never holds up
+another. After a reconnect every consumer re-opens its channel and re-subscribes; deliveries of
+the dead channel cannot be settled any more (their settle calls are no-ops) and RabbitMQ hands
+them out again with `redelivered` set.
+
+Delayed delivery without the delayed-message plugin: fixed TTL "tiers" (powers of two, 1 s to
+~4.5 h by default), each a fanout exchange `<ns>.delay.<tier>` into a quorum queue with that
+`x-message-ttl`, dead-lettering at-least-once into the direct exchange `<ns>.redeliver`, where
+every subscription queue is bound under its own name. `schedule` publishes (confirmed, through the
+same pipelined encoder) into the largest tier not beyond the due time, with the target queue as
+routing key and the attempt and not-before time as headers. A consumer that gets a message early
+re-parks it for the remainder (binary steps: at most log2(delay) hops, fewer than the 1-5-30 s
+style ladders need) or, under the smallest tier, holds it until due; the handler never sees it
+early. Powers of two, because jittered backoff asks for arbitrary delays: every delay is a sum of
+few tiers, and the common 1, 2, 4, 8 s retries are exactly one hop. The redeliver exchange's
+alternate exchange is `<ns>.unrouted`, so a retry for a queue nobody bound is kept, not dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
+import math
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pika
+import pika.exceptions
 from pika import spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 
-from hookhub.broker.base import HEADER_PREFIX, Binding, Broker, BrokerUnavailable, Topology
+from hookhub.broker.base import (
+    ATTEMPT_HEADER,
+    HEADER_PREFIX,
+    NOT_BEFORE_HEADER,
+    Binding,
+    Broker,
+    BrokerUnavailable,
+    Consumer,
+    Delivery,
+    DeliveryHandler,
+    HandlerTasks,
+    Receipt,
+    Topology,
+    event_from_message,
+)
 from hookhub.events import Event
 
 log = logging.getLogger(__name__)
@@ -37,6 +74,9 @@ log = logging.getLogger(__name__)
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
 RPC_TIMEOUT = 10.0
+SCHEDULE_TIMEOUT = 5.0  # confirm wait of `schedule` / `retry` (their signature has no timeout)
+DEFAULT_DELAY_TIERS: tuple[float, ...] = tuple(float(2**k) for k in range(15))  # 1 s .. 16384 s
+QUORUM = {"x-queue-type": "quorum"}
 
 _FRAME_END = b"\xce"
 _BODY_FRAME = struct.Struct(">BHI")
@@ -54,6 +94,27 @@ def _shortstr(value: str) -> bytes | None:
     return bytes((len(data),)) + data if len(data) <= 255 else None
 
 
+_ATTEMPT_FIELD = bytes((len(ATTEMPT_HEADER),)) + ATTEMPT_HEADER.encode() + b"I"  # signed 32-bit
+_NOT_BEFORE_FIELD = bytes((len(NOT_BEFORE_HEADER),)) + NOT_BEFORE_HEADER.encode() + b"l"  # signed 64-bit
+_I32 = struct.Struct(">i").pack
+_I64 = struct.Struct(">q").pack
+
+
+def schedule_headers(attempt: int, not_before_ms: int) -> bytes:
+    """The scheduling headers as encoded table entries (what pika writes for these ints)."""
+    return _ATTEMPT_FIELD + _I32(attempt) + _NOT_BEFORE_FIELD + _I64(not_before_ms)
+
+
+def redeliver_exchange(topology: Topology) -> str:
+    return f"{topology.namespace}.redeliver"
+
+
+def delay_name(topology: Topology, seconds: float) -> str:
+    """Exchange and queue name of one delay tier: `<ns>.delay.4s`, `<ns>.delay.250ms`."""
+    ms = round(seconds * 1000)
+    return f"{topology.namespace}.delay.{ms // 1000}s" if ms % 1000 == 0 else f"{topology.namespace}.delay.{ms}ms"
+
+
 class PublishEncoder:
     """Marshals Basic.Publish + content header + body frames exactly as pika would for
     properties (content_type, headers=message_headers(event), delivery_mode=2, message_id)."""
@@ -62,15 +123,17 @@ class PublishEncoder:
         self.channel_number = channel_number
         self.exchange = exchange
         self.body_max = frame_max - 8  # frame header (7) + frame end (1)
-        self._method_frames: dict[str, bytes] = {}
+        self._method_frames: dict[str | tuple[str, str], bytes] = {}
         self._keys: dict[str, bytes] = {}  # attribute name -> shortstr(prefix + name) + b"S"
         self._header_frame_head = struct.pack(">BH", spec.FRAME_HEADER, channel_number)
         self._body_frame_head = struct.pack(">BH", spec.FRAME_BODY, channel_number)
 
-    def method_frame(self, routing_key: str) -> bytes:
-        frame = self._method_frames.get(routing_key)
+    def method_frame(self, routing_key: str, exchange_name: str | None = None) -> bytes:
+        cache_key = routing_key if exchange_name is None else (exchange_name, routing_key)
+        frame = self._method_frames.get(cache_key)
         if frame is None:
-            exchange, key = _shortstr(self.exchange), _shortstr(routing_key)
+            exchange = _shortstr(self.exchange if exchange_name is None else exchange_name)
+            key = _shortstr(routing_key)
             if exchange is None or key is None:
                 raise ValueError(f"AMQP exchange and routing key are limited to 255 bytes: {routing_key!r}")
             payload = struct.pack(">HHH", 60, 40, 0) + exchange + key + b"\x00"
@@ -79,7 +142,7 @@ class PublishEncoder:
             )
             if len(self._method_frames) > 10_000:  # event types are few; bound the cache anyway
                 self._method_frames.clear()
-            self._method_frames[routing_key] = frame
+            self._method_frames[cache_key] = frame
         return frame
 
     def _key(self, name: str) -> bytes:
@@ -89,13 +152,26 @@ class PublishEncoder:
         self._keys[name] = key + b"S"
         return self._keys[name]
 
-    def encode(self, event: Event, out: list[bytes]) -> None:
-        """Append the frames of one message to `out` (the caller joins a whole batch once)."""
+    def encode(
+        self,
+        event: Event,
+        out: list[bytes],
+        *,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+        extra_headers: bytes = b"",
+    ) -> None:
+        """Append the frames of one message to `out` (the caller joins a whole batch once).
+
+        By default to the encoder's exchange with the event type as routing key; `schedule`
+        passes a delay exchange, the target queue and the encoded `schedule_headers`."""
         keys = self._keys
         table: list[bytes] = []
         for name, value in event.attributes().items():
             data = value.encode()
             table += (keys.get(name) or self._key(name), _U32(len(data)), data)
+        if extra_headers:
+            table.append(extra_headers)
         headers = b"".join(table)
         flags = _FLAG_HEADERS | _FLAG_DELIVERY_MODE
         content_type = _shortstr(event.datacontenttype) if event.datacontenttype is not None else None
@@ -117,7 +193,7 @@ class PublishEncoder:
             )
         )
         out += (
-            self.method_frame(event.type),
+            self.method_frame(event.type if routing_key is None else routing_key, exchange),
             self._header_frame_head,
             _U32(len(props)),
             props,

@@ -38,6 +38,49 @@ class IngestRecord:
         return (self.source, self.event_id)
 
 
+@dataclass(slots=True)
+class AttemptRecord:
+    """One HTTP attempt to deliver one event to one subscription."""
+
+    delivery_id: str  # stable across attempts (the `webhook-id` the subscriber sees)
+    subscription: str
+    source: str
+    event_id: str
+    event_type: str
+    correlation_id: str
+    attempt: int
+    attempted_at: float  # unix seconds
+    status_code: int | None  # None: no HTTP answer (timeout, connection error)
+    latency_ms: float
+    error: str | None
+    outcome: str  # delivered | retry | dead | disabled
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A delivery that ran out of attempts (or met a non-retryable 4xx): kept to be replayed."""
+
+    delivery_id: str
+    subscription: str
+    source: str
+    event_id: str
+    event_type: str
+    correlation_id: str
+    attributes: dict[str, str]  # the CloudEvent's attributes, to rebuild it on replay
+    data: bytes
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    dead_at: float
+    replayed_at: float | None = None
+
+
+class SubscriptionState(enum.Enum):
+    ACTIVE = "active"
+    PAUSED = "paused"  # by an operator: events wait in the queue
+    DISABLED = "disabled"  # the subscriber answered 410: events wait until it is resumed
+
+
 class StoreUnavailable(Exception):
     """The store could not be reached or written."""
 
@@ -74,3 +117,41 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Flush pending writes and disconnect."""
+
+    # Delivery log (fan-out) ---------------------------------------------------------------
+
+    @abstractmethod
+    async def record_attempt(self, attempt: AttemptRecord, dead_letter: DeadLetter | None = None) -> None:
+        """Durably log an attempt (and its dead letter, if it ended there) before the broker acks.
+
+        Committed synchronously even where the ingest claims are not (PostgreSQL's
+        synchronous_commit): a dead letter must survive a database crash once its message is gone.
+        """
+
+    @abstractmethod
+    async def attempts_for_event(self, source: str, event_id: str) -> list[AttemptRecord]:
+        """Every attempt for one event, all subscriptions, oldest first."""
+
+    @abstractmethod
+    async def attempt_count(self, delivery_id: str) -> int:
+        """Attempts made so far for one delivery (the Knative path numbers attempts from it)."""
+
+    @abstractmethod
+    async def dead_letters(self, subscription: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters not yet replayed, oldest first."""
+
+    @abstractmethod
+    async def mark_replayed(self, delivery_ids: Sequence[str]) -> int:
+        """Take dead letters off the list once their replay is published; returns how many.
+
+        A replayed delivery that dies again becomes a dead letter again (same delivery id).
+        """
+
+    @abstractmethod
+    async def subscription_states(self) -> dict[str, SubscriptionState]:
+        """Subscriptions whose state differs from active (absent means active)."""
+
+    @abstractmethod
+    async def set_subscription_state(self, name: str, state: SubscriptionState, reason: str = "") -> None:
+        """Pause, disable (on 410) or resume a subscription, durably."""
+

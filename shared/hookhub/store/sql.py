@@ -10,30 +10,47 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     Index,
+    Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
+    Text,
     and_,
     create_engine,
     delete,
     event,
+    func,
     select,
     text,
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from hookhub.batching import GroupCommitter
-from hookhub.store.base import ClaimResult, EventKey, IngestRecord, Store, StoreUnavailable
+from hookhub.batching import CommitterClosed, GroupCommitter
+from hookhub.store.base import (
+    AttemptRecord,
+    ClaimResult,
+    DeadLetter,
+    EventKey,
+    IngestRecord,
+    Store,
+    StoreUnavailable,
+    SubscriptionState,
+)
 
 metadata = MetaData()
 
@@ -51,6 +68,74 @@ ingest_records = Table(
     Index("ix_ingest_records_correlation_id", "correlation_id"),
     Index("ix_ingest_records_received_at", "received_at"),
 )
+
+# The delivery log: every attempt, the dead letters, and the subscriptions' operator state.
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("delivery_id", String(64), nullable=False),
+    Column("subscription", String(255), nullable=False),
+    Column("source", String(255), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    Column("event_type", String(255), nullable=False),
+    Column("correlation_id", String(255), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("attempted_at", Float, nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("latency_ms", Float, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("outcome", String(16), nullable=False),
+    Index("ix_delivery_attempts_event", "source", "event_id"),
+    Index("ix_delivery_attempts_delivery_id", "delivery_id"),
+    Index("ix_delivery_attempts_subscription_time", "subscription", "attempted_at"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("delivery_id", String(64), primary_key=True),
+    Column("subscription", String(255), nullable=False),
+    Column("source", String(255), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    Column("event_type", String(255), nullable=False),
+    Column("correlation_id", String(255), nullable=False),
+    Column("attributes", Text, nullable=False),  # JSON object of the CloudEvent's attributes
+    Column("data", LargeBinary, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("dead_at", Float, nullable=False),
+    Column("replayed_at", Float, nullable=True),
+    Index("ix_dead_letters_subscription", "subscription", "dead_at"),
+)
+
+subscription_states = Table(
+    "subscription_states",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+MAX_ERROR_CHARS = 500  # of an attempt's error text: enough to diagnose, bounded per row
+_ATTEMPT_COLUMNS = (
+    "delivery_id, subscription, source, event_id, event_type, correlation_id,"
+    " attempt, attempted_at, status_code, latency_ms, error, outcome"
+)
+_DEAD_COLUMNS = (
+    "delivery_id, subscription, source, event_id, event_type, correlation_id,"
+    " attributes, data, attempts, last_status, last_error, dead_at"
+)
+# A dead letter recorded twice (a redelivery after a crash) overwrites itself; one that dies
+# again after a replay (same delivery id) is listed again, with its new last attempt.
+_DEAD_UPSERT_SET = (
+    " ON CONFLICT (delivery_id) DO UPDATE SET attempts = excluded.attempts,"
+    " last_status = excluded.last_status, last_error = excluded.last_error,"
+    " dead_at = excluded.dead_at, replayed_at = NULL"
+)
+_LogWrite = tuple[AttemptRecord, DeadLetter | None]
 
 _KEY = tuple_(ingest_records.c.source, ingest_records.c.event_id)
 MAX_ROWS_PER_STATEMENT = 500  # well under SQLite's bound-parameter limit at 8 columns a row
@@ -117,6 +202,20 @@ class SqlStore(Store):
         self._writes: GroupCommitter[_Write, ClaimResult | None] = GroupCommitter(
             self._write_batch, name="store-writes"
         )
+        # The delivery log has its own committer and, unlike the claims, commits durably (see
+        # `record_attempt`). Kept off the claims' thread so no claim ever waits for its fsync,
+        # and its batches (many deliveries finishing together) stay one transaction each.
+        self._postgres = postgres
+        self._log_engine = self.engine if postgres else _durable_sqlite_engine(self.engine)
+        self._log: _LogPath = _PostgresLogPath() if postgres else _SqliteLogPath()
+        self._log_writes: GroupCommitter[_LogWrite, None] = GroupCommitter(
+            self._log_batch, name="store-delivery-log"
+        )
+        self._db_errors: tuple[type[BaseException], ...] = (
+            SQLAlchemyError,
+            self.engine.dialect.loaded_dbapi.Error,  # raw-cursor errors on the hot paths
+        )
+        self._log_write_errors = (*self._db_errors, CommitterClosed)
 
     # Schema -------------------------------------------------------------------------------
 
@@ -279,7 +378,138 @@ class SqlStore(Store):
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writes.close)
+        await asyncio.to_thread(self._log_writes.close)
+        if self._log_engine is not self.engine:
+            self._log_engine.dispose()
         self.engine.dispose()
+
+    # Delivery log -------------------------------------------------------------------------
+
+    async def record_attempt(self, attempt: AttemptRecord, dead_letter: DeadLetter | None = None) -> None:
+        try:
+            await self._log_writes.submit([(attempt, dead_letter)])
+        except self._log_write_errors as exc:
+            raise StoreUnavailable(f"delivery log write failed: {type(exc).__name__}") from exc
+
+    def _log_batch(self, writes: list[_LogWrite]) -> list[None]:
+        """Runs on the delivery-log thread: every queued attempt (and dead letter), one durable
+        transaction, driver-level SQL (the ingest hot path's reasons apply here too)."""
+        attempts = [attempt for attempt, _ in writes]
+        dead = [letter for _, letter in writes if letter is not None]
+        with self._log_engine.begin() as conn:
+            cursor = conn.connection.cursor()
+            try:
+                self._log.write(cursor, attempts, dead)
+            finally:
+                cursor.close()
+        return [None] * len(writes)
+
+    @contextmanager
+    def _durable(self) -> Iterator[Connection]:
+        """A transaction that commits synchronously (operator actions: rare, must not be lost)."""
+        with self._log_engine.begin() as conn:
+            if self._postgres:
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
+            yield conn
+
+    async def attempts_for_event(self, source: str, event_id: str) -> list[AttemptRecord]:
+        def run() -> list[AttemptRecord]:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(delivery_attempts)
+                    .where(delivery_attempts.c.source == source, delivery_attempts.c.event_id == event_id)
+                    .order_by(delivery_attempts.c.attempted_at, delivery_attempts.c.id)
+                ).all()
+            return [_attempt(r._mapping) for r in rows]
+
+        return await self._read_log(run)
+
+    async def attempt_count(self, delivery_id: str) -> int:
+        def run() -> int:
+            with self.engine.connect() as conn:
+                count = conn.execute(
+                    select(func.count())
+                    .select_from(delivery_attempts)
+                    .where(delivery_attempts.c.delivery_id == delivery_id)
+                ).scalar_one()
+            return int(count)
+
+        return await self._read_log(run)
+
+    async def dead_letters(self, subscription: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        def run() -> list[DeadLetter]:
+            stmt = select(dead_letters).where(dead_letters.c.replayed_at.is_(None))
+            if subscription is not None:
+                stmt = stmt.where(dead_letters.c.subscription == subscription)
+            stmt = stmt.order_by(dead_letters.c.dead_at, dead_letters.c.delivery_id).limit(limit)
+            with self.engine.connect() as conn:
+                rows = conn.execute(stmt).all()
+            return [_dead_letter(r._mapping) for r in rows]
+
+        return await self._read_log(run)
+
+    async def mark_replayed(self, delivery_ids: Sequence[str]) -> int:
+        ids = list(dict.fromkeys(delivery_ids))
+
+        def run() -> int:
+            now = time.time()
+            marked = 0
+            with self._durable() as conn:
+                for start in range(0, len(ids), MAX_ROWS_PER_STATEMENT):
+                    result = conn.execute(
+                        update(dead_letters)
+                        .where(
+                            dead_letters.c.delivery_id.in_(ids[start : start + MAX_ROWS_PER_STATEMENT]),
+                            dead_letters.c.replayed_at.is_(None),
+                        )
+                        .values(replayed_at=now)
+                    )
+                    marked += result.rowcount
+            return marked
+
+        return await self._write_log(run)
+
+    async def subscription_states(self) -> dict[str, SubscriptionState]:
+        def run() -> dict[str, SubscriptionState]:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(subscription_states.c.name, subscription_states.c.state).where(
+                        subscription_states.c.state != SubscriptionState.ACTIVE.value
+                    )
+                ).all()
+            return {row.name: SubscriptionState(row.state) for row in rows}
+
+        return await self._read_log(run)
+
+    async def set_subscription_state(self, name: str, state: SubscriptionState, reason: str = "") -> None:
+        def run() -> None:
+            values = {"name": name, "state": state.value, "reason": reason, "updated_at": time.time()}
+            insert = pg_insert if self._postgres else sqlite_insert
+            stmt = insert(subscription_states).values(**values)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[subscription_states.c.name],
+                set_={
+                    "state": stmt.excluded.state,
+                    "reason": stmt.excluded.reason,
+                    "updated_at": stmt.excluded.updated_at,
+                },
+            )
+            with self._durable() as conn:
+                conn.execute(stmt)
+
+        await self._write_log(run)
+
+    async def _read_log(self, fn: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn)
+        except self._db_errors as exc:
+            raise StoreUnavailable(f"delivery log read failed: {type(exc).__name__}") from exc
+
+    async def _write_log(self, fn: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn)
+        except self._db_errors as exc:
+            raise StoreUnavailable(f"delivery log write failed: {type(exc).__name__}") from exc
 
 
 def _record(row: Any) -> IngestRecord:
@@ -292,6 +522,160 @@ def _record(row: Any) -> IngestRecord:
         received_at=row["received_at"],
         status=row["status"],
     )
+
+
+def _attempt(row: Any) -> AttemptRecord:
+    return AttemptRecord(
+        delivery_id=row["delivery_id"],
+        subscription=row["subscription"],
+        source=row["source"],
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        correlation_id=row["correlation_id"],
+        attempt=row["attempt"],
+        attempted_at=row["attempted_at"],
+        status_code=row["status_code"],
+        latency_ms=row["latency_ms"],
+        error=row["error"],
+        outcome=row["outcome"],
+    )
+
+
+def _dead_letter(row: Any) -> DeadLetter:
+    return DeadLetter(
+        delivery_id=row["delivery_id"],
+        subscription=row["subscription"],
+        source=row["source"],
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        correlation_id=row["correlation_id"],
+        attributes=json.loads(row["attributes"]),
+        data=bytes(row["data"]),
+        attempts=row["attempts"],
+        last_status=row["last_status"],
+        last_error=row["last_error"],
+        dead_at=row["dead_at"],
+        replayed_at=row["replayed_at"],
+    )
+
+
+def _short(error: str | None) -> str | None:
+    return error[:MAX_ERROR_CHARS] if error is not None and len(error) > MAX_ERROR_CHARS else error
+
+
+def _dead_row(d: DeadLetter) -> tuple[Any, ...]:
+    return (
+        d.delivery_id,
+        d.subscription,
+        d.source,
+        d.event_id,
+        d.event_type,
+        d.correlation_id,
+        json.dumps(d.attributes, separators=(",", ":")),
+        d.data,
+        d.attempts,
+        d.last_status,
+        _short(d.last_error),
+        d.dead_at,
+    )
+
+
+def _durable_sqlite_engine(engine: Engine) -> Engine:
+    """A second engine on the same SQLite file whose commits are fsynced (synchronous=FULL), as
+    the embedded broker's are: its ack of a dead-lettered message must not outlive the dead letter.
+    The ingest engine stays on NORMAL (its durability point is the broker)."""
+    if engine.url.database in (None, "", ":memory:"):
+        return engine  # one private database: a second engine would see another one
+    durable = create_engine(engine.url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(durable, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return durable
+
+
+class _LogPath:
+    """The delivery log's batch write, in the database's own SQL."""
+
+    def write(self, cursor: Any, attempts: list[AttemptRecord], dead: list[DeadLetter]) -> None:
+        raise NotImplementedError
+
+
+class _SqliteLogPath(_LogPath):
+    """executemany of constant statements: sqlite3 prepares each once and caches it."""
+
+    INSERT = f"INSERT INTO delivery_attempts ({_ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    DEAD = f"INSERT INTO dead_letters ({_DEAD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?){_DEAD_UPSERT_SET}"
+
+    def write(self, cursor: Any, attempts: list[AttemptRecord], dead: list[DeadLetter]) -> None:
+        cursor.executemany(
+            self.INSERT,
+            [
+                (
+                    a.delivery_id,
+                    a.subscription,
+                    a.source,
+                    a.event_id,
+                    a.event_type,
+                    a.correlation_id,
+                    a.attempt,
+                    a.attempted_at,
+                    a.status_code,
+                    a.latency_ms,
+                    _short(a.error),
+                    a.outcome,
+                )
+                for a in attempts
+            ],
+        )
+        if dead:
+            cursor.executemany(self.DEAD, [_dead_row(d) for d in dead])
+
+
+class _PostgresLogPath(_LogPath):
+    """Attempts as one JSON parameter (one constant statement, one round trip, as for claims),
+    in a transaction that commits synchronously although the connection's default is off."""
+
+    INSERT = (
+        f"INSERT INTO delivery_attempts ({_ATTEMPT_COLUMNS})"
+        " SELECT d, s, so, e, t, c, n, at, sc, l, er, o FROM json_to_recordset(%s::json)"
+        " AS r(d text, s text, so text, e text, t text, c text, n int, at float8, sc int, l float8,"
+        " er text, o text)"
+    )
+    DEAD = (
+        f"INSERT INTO dead_letters ({_DEAD_COLUMNS})"
+        f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s){_DEAD_UPSERT_SET}"
+    )
+
+    def write(self, cursor: Any, attempts: list[AttemptRecord], dead: list[DeadLetter]) -> None:
+        cursor.execute("SET LOCAL synchronous_commit = on")
+        rows = json.dumps(
+            [
+                {
+                    "d": a.delivery_id,
+                    "s": a.subscription,
+                    "so": a.source,
+                    "e": a.event_id,
+                    "t": a.event_type,
+                    "c": a.correlation_id,
+                    "n": a.attempt,
+                    "at": a.attempted_at,
+                    "sc": a.status_code,
+                    "l": a.latency_ms,
+                    "er": _short(a.error),
+                    "o": a.outcome,
+                }
+                for a in attempts
+            ]
+        )
+        cursor.execute(self.INSERT, (rows,))
+        if dead:
+            cursor.executemany(self.DEAD, [_dead_row(d) for d in dead])
 
 
 class _HotPath:

@@ -1,0 +1,346 @@
+"""One delivery attempt to one subscriber, and what to do after it.
+
+`Deliverer.post` makes exactly one HTTP POST (CloudEvents binary mode, signed per Standard
+Webhooks) and reports what happened as an `AttemptResult`; it never raises for anything the
+network or the subscriber does. `decide` turns that result into the next step (delivered, retry
+after a delay, dead letter, or disable the subscription). The dispatcher owns the loop around
+them: concurrency limits, scheduling retries, and logging each attempt to the store *before*
+acknowledging the broker (`attempt_record` / `dead_letter` build what the store wants).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import errno
+import hashlib
+import math
+import random
+import re
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC
+from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
+
+import aiohttp
+
+from hookhub.config import Backoff, SubscriptionConfig
+from hookhub.events import SPECVERSION, Event
+from hookhub.signing import sign_with_key, signing_key
+from hookhub.store.base import AttemptRecord, DeadLetter
+
+try:
+    __version__ = version("hookhub")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0"
+
+USER_AGENT = f"hookhub/{__version__}"
+MAX_RESPONSE_READ = 64 * 1024  # read (and discard) this much of a response so the connection is reused
+MAX_ERROR_BODY_CHARS = 200  # of a non-2xx response body, kept in the attempt's error text
+
+Outcome = Literal["delivered", "retry", "dead", "disabled"]
+
+
+def delivery_id(subscription: str, event: Event) -> str:
+    """The `webhook-id` of one event's delivery to one subscription: the same on every attempt and
+    in every process (a hash, not a random id), so subscribers can deduplicate on it even across
+    a hub crash, and `attempt_count` can number the attempts of a redelivered message."""
+    digest = hashlib.sha256(f"{subscription}\0{event.source}\0{event.id}".encode()).digest()
+    return "msg_" + base64.b32encode(digest).decode("ascii")[:26].lower()
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What one POST got: an HTTP status, or None with an error when no answer came."""
+
+    status: int | None
+    latency_ms: float
+    error: str | None = None  # short, never a secret: `timeout after 10s`, `HTTP 500: <body start>`
+    retry_after: float | None = None  # seconds, from Retry-After on a 429 or 503
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    delay: float = 0.0  # seconds before the next attempt (only for "retry")
+
+
+# CloudEvents HTTP binding §3.1.3.2: space, `"`, `%` and anything outside printable ASCII are
+# percent-encoded (as UTF-8) in header values. It also keeps CR/LF out of the headers.
+_HEADER_UNSAFE = re.compile(r"[^\x21\x23\x24\x26-\x7e]")
+
+
+def _header_value(value: str) -> str:
+    if _HEADER_UNSAFE.search(value) is None:  # the usual case: nothing to encode
+        return value
+    return _HEADER_UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), value)
+
+
+def cloudevent_headers(event: Event) -> dict[str, str]:
+    """The binary-mode `ce-*` headers (and Content-Type) of an event."""
+    headers = {
+        "ce-specversion": SPECVERSION,
+        "ce-id": _header_value(event.id),
+        "ce-source": _header_value(event.source),
+        "ce-type": _header_value(event.type),
+        "ce-time": _header_value(event.time),
+        "ce-correlationid": _header_value(event.correlationid),
+    }
+    if event.subject:
+        headers["ce-subject"] = _header_value(event.subject)
+    if event.dataschema:
+        headers["ce-dataschema"] = _header_value(event.dataschema)
+    for name, value in event.extensions.items():
+        headers.setdefault(f"ce-{name}", _header_value(value))
+    if event.datacontenttype:
+        headers["Content-Type"] = event.datacontenttype
+    return headers
+
+
+class Deliverer:
+    """Posts deliveries over one shared aiohttp session (keep-alive connections per subscriber).
+
+    The connector has no global connection cap: the dispatcher bounds concurrency per
+    subscription (`max_in_flight`), and a global cap would let one slow subscriber hold
+    connections another one needs. Redirects are not followed (a signed delivery must not be
+    replayed to a URL the operator never configured) and no cookies are kept.
+    """
+
+    def __init__(self, *, user_agent: str = USER_AGENT, keepalive_timeout: float = 30.0) -> None:
+        self._user_agent = user_agent
+        self._keepalive_timeout = keepalive_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The session, created on first use on the running loop (aiohttp binds it to one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            connector = aiohttp.TCPConnector(
+                limit=0, limit_per_host=0, keepalive_timeout=self._keepalive_timeout
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"User-Agent": self._user_agent},
+                # No Content-Type unless the event has one (aiohttp would add octet-stream), and
+                # no Accept-Encoding: the response is discarded, so decompressing it is waste.
+                skip_auto_headers=("Content-Type", "Accept-Encoding"),
+                auto_decompress=False,
+                trust_env=False,  # no proxy or netrc credentials picked up from the environment
+            )
+            self._loop = loop
+        return self._session
+
+    async def post(
+        self,
+        subscription_name: str,
+        sub: SubscriptionConfig,
+        event: Event,
+        *,
+        attempt: int,
+        delivery_id: str,
+    ) -> AttemptResult:
+        """One attempt. Never raises for network or subscriber behaviour: see `AttemptResult`."""
+        if sub.url is None:
+            return AttemptResult(None, 0.0, f"subscription {subscription_name} has no url")
+        headers = cloudevent_headers(event)
+        timestamp = int(time.time())
+        headers["webhook-id"] = delivery_id
+        headers["webhook-timestamp"] = str(timestamp)
+        if sub.secret is not None:
+            try:
+                key = signing_key(sub.secret.get_secret_value())
+            except ValueError as exc:  # a config problem: visible on every attempt, then a dead letter
+                return AttemptResult(None, 0.0, str(exc))
+            headers["webhook-signature"] = sign_with_key(key, delivery_id, timestamp, event.data)
+        headers["hookhub-attempt"] = str(attempt)
+
+        session = self._client()
+        started = time.perf_counter()
+        try:
+            async with session.post(
+                str(sub.url),
+                data=event.data,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=sub.timeout),
+            ) as response:
+                status = response.status
+                retry_header = response.headers.get("Retry-After") if status in (429, 503) else None
+                try:
+                    body = await _read_bounded(response)
+                except (aiohttp.ClientError, TimeoutError, OSError):
+                    body = b""  # the status line arrived: that is the answer, the body is not needed
+        except TimeoutError:  # aiohttp's own timeouts subclass it too
+            return AttemptResult(None, _ms_since(started), f"timeout after {sub.timeout:g}s")
+        except (aiohttp.ClientError, OSError) as exc:
+            return AttemptResult(None, _ms_since(started), describe_error(exc))
+        latency = _ms_since(started)
+        if 200 <= status < 300:
+            return AttemptResult(status, latency)
+        return AttemptResult(
+            status,
+            latency,
+            _status_error(status, body),
+            parse_retry_after(retry_header) if retry_header else None,
+        )
+
+    async def close(self) -> None:
+        """Close pooled connections (on the loop that opened them)."""
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    """Up to MAX_RESPONSE_READ bytes; a longer body is cut off and its connection not reused."""
+    kept = bytearray()
+    while len(kept) < MAX_RESPONSE_READ:
+        chunk = await response.content.read(MAX_RESPONSE_READ - len(kept))
+        if not chunk:
+            break
+        kept += chunk
+    return bytes(kept)
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def _status_error(status: int, body: bytes) -> str:
+    text = " ".join(body[: MAX_ERROR_BODY_CHARS * 4].decode("utf-8", "replace").split())
+    text = text[:MAX_ERROR_BODY_CHARS]
+    note = " (redirects are not followed)" if 300 <= status < 400 else ""
+    return f"HTTP {status}{note}: {text}" if text else f"HTTP {status}{note}"
+
+
+_ERRNO_TEXT = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ETIMEDOUT: "connect timed out",
+}
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short error text for a failed exchange, never the URL (it may carry credentials)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, socket.gaierror):
+            return "DNS lookup failed"
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return "TLS handshake failed"
+        return _ERRNO_TEXT.get(os_error.errno or 0, f"connection failed: {type(os_error).__name__}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server disconnected"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "invalid url"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"invalid response ({type(exc).__name__})"
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_TEXT:
+        return _ERRNO_TEXT[exc.errno]
+    return f"connection error ({type(exc).__name__})"
+
+
+def parse_retry_after(value: str, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value: delay-seconds or an HTTP date (None if neither)."""
+    value = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_delay(backoff: Backoff, attempt: int, rng: Callable[[], float] = random.random) -> float:
+    """Delay after failed attempt `attempt` (1-based): exponential, capped, then jittered down.
+
+    `jitter` is the fraction of the delay that is random (1.0 = full jitter), which spreads the
+    retries of many deliveries that failed together instead of firing them in lockstep.
+    """
+    try:
+        delay = min(backoff.max, backoff.initial * backoff.multiplier ** (attempt - 1))
+    except OverflowError:
+        delay = backoff.max
+    if math.isnan(delay):  # 0 * inf
+        delay = backoff.max
+    return delay * (1.0 - backoff.jitter * rng())
+
+
+def decide(
+    result: AttemptResult,
+    attempt: int,
+    sub: SubscriptionConfig,
+    rng: Callable[[], float] = random.random,
+) -> Decision:
+    """What follows attempt number `attempt` (1-based), per the SPEC's fan-out rules."""
+    status = result.status
+    if status is not None and 200 <= status < 300:
+        return Decision("delivered")
+    if status == 410:  # the subscriber says it is gone: stop, keep the events queued
+        return Decision("disabled")
+    # Retryable: no answer (timeout, connection error), 429, 5xx, and 3xx: redirects are not
+    # followed, so a redirect is a subscriber misconfiguration that may be fixed; treat it like a
+    # server error rather than losing the event. Any other 4xx will not get better by retrying.
+    retryable = status is None or status == 429 or not 400 <= status < 500
+    if not retryable or attempt >= sub.max_attempts:
+        return Decision("dead")
+    if result.retry_after is not None:
+        return Decision("retry", min(result.retry_after, sub.backoff.max))
+    return Decision("retry", backoff_delay(sub.backoff, attempt, rng))
+
+
+def attempt_record(
+    subscription: str,
+    event: Event,
+    delivery_id: str,
+    attempt: int,
+    result: AttemptResult,
+    outcome: Outcome,
+    attempted_at: float,
+) -> AttemptRecord:
+    """The store's log entry for one attempt (`attempted_at`: unix seconds when it started)."""
+    return AttemptRecord(
+        delivery_id=delivery_id,
+        subscription=subscription,
+        source=event.source,
+        event_id=event.id,
+        event_type=event.type,
+        correlation_id=event.correlationid,
+        attempt=attempt,
+        attempted_at=attempted_at,
+        status_code=result.status,
+        latency_ms=result.latency_ms,
+        error=result.error,
+        outcome=outcome,
+    )
+
+
+def dead_letter(
+    subscription: str, event: Event, delivery_id: str, attempts: int, result: AttemptResult
+) -> DeadLetter:
+    """The replayable dead letter for a delivery whose last attempt was `result`."""
+    return DeadLetter(
+        delivery_id=delivery_id,
+        subscription=subscription,
+        source=event.source,
+        event_id=event.id,
+        event_type=event.type,
+        correlation_id=event.correlationid,
+        attributes=event.attributes(),
+        data=event.data,
+        attempts=attempts,
+        last_status=result.status,
+        last_error=result.error,
+        dead_at=time.time(),
+    )
