@@ -89,4 +89,4 @@ def amqp_headers(event_id: str) -> dict[str, str]:
         "datacontenttype": "application/json",
         "correlationid": event_id,
     }
-    return {"cloudEvents:" + k: v for k, v in attrs.items()}
+    return {"ce-" + k: v for k, v in attrs.items()}

@@ -114,3 +114,12 @@ def test_cli_check_config_ok() -> None:
     result = CliRunner().invoke(app, ["check-config", "--config", str(ROOT / "hookhub.example.yaml")])
     assert result.exit_code == 0, result.output
     assert "providers" in result.output
+
+
+def test_subscription_secret_must_be_a_standard_webhooks_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "subscriptions:\n  s: {url: 'http://x/h', types: ['a.*'], secret: 'whsec_***not-base64'}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert "subscriptions.s.secret" in str(err.value) and "not-base64" not in str(err.value)

@@ -99,6 +99,15 @@ class SubscriptionConfig(BaseModel):
     rate_limit: float | None = Field(None, gt=0)  # deliveries per second
     visibility_timeout: Duration = 30.0  # pull: an unacknowledged event comes back after this
 
+    @field_validator("secret")
+    @classmethod
+    def _secret_is_a_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from hookhub.signing import signing_key
+
+            signing_key(value.get_secret_value())  # ValueError (secret-free message) if not whsec_<base64>
+        return value
+
     @model_validator(mode="after")
     def _mode_needs(self) -> SubscriptionConfig:
         if self.mode == "push" and self.url is None:

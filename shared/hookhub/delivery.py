@@ -178,7 +178,7 @@ class Deliverer:
                     body = b""  # the status line arrived: that is the answer, the body is not needed
         except TimeoutError:  # aiohttp's own timeouts subclass it too
             return AttemptResult(None, _ms_since(started), f"timeout after {sub.timeout:g}s")
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: a header aiohttp refuses
             return AttemptResult(None, _ms_since(started), describe_error(exc))
         latency = _ms_since(started)
         if 200 <= status < 300:
@@ -245,6 +245,8 @@ def describe_error(exc: BaseException) -> str:
         return f"invalid response ({type(exc).__name__})"
     if isinstance(exc, OSError) and exc.errno in _ERRNO_TEXT:
         return _ERRNO_TEXT[exc.errno]
+    if isinstance(exc, ValueError):
+        return "invalid request (a header value was refused)"
     return f"connection error ({type(exc).__name__})"
 
 
@@ -277,6 +279,9 @@ def backoff_delay(backoff: Backoff, attempt: int, rng: Callable[[], float] = ran
     return delay * (1.0 - backoff.jitter * rng())
 
 
+RETRY_AFTER_MAX_SECONDS = 3600.0
+
+
 def decide(
     result: AttemptResult,
     attempt: int,
@@ -296,7 +301,9 @@ def decide(
     if not retryable or attempt >= sub.max_attempts:
         return Decision("dead")
     if result.retry_after is not None:
-        return Decision("retry", min(result.retry_after, sub.backoff.max))
+        # the subscriber knows when it can take more: wait that long, even beyond our own
+        # backoff.max, but never longer than RETRY_AFTER_MAX_SECONDS (a bogus far-off date)
+        return Decision("retry", min(result.retry_after, max(sub.backoff.max, RETRY_AFTER_MAX_SECONDS)))
     return Decision("retry", backoff_delay(sub.backoff, attempt, rng))
 
 

@@ -23,7 +23,7 @@ from hookhub.store.base import Store, StoreUnavailable, SubscriptionState
 
 log = logging.getLogger(__name__)
 
-LEASE_MARGIN_SECONDS = 30.0  # a delivery's lease outlives its HTTP timeout by this much
+LEASE_MARGIN_SECONDS = 10.0  # a delivery's lease outlives its HTTP timeout by this much
 STORE_RETRY_SECONDS = (1.0, 5.0)  # pause before handing back a delivery whose outcome could not be logged
 STATE_POLL_SECONDS = 2.0  # how soon a pause or resume made by another process takes effect
 
@@ -53,7 +53,9 @@ class RateLimiter:
 class SubscriptionWorker:
     """Delivers one subscription's queue with its own concurrency and rate limits."""
 
-    def __init__(self, name: str, sub: SubscriptionConfig, queue: str, broker: Broker, fanout: FanOut) -> None:
+    def __init__(
+        self, name: str, sub: SubscriptionConfig, queue: str, broker: Broker, fanout: FanOut
+    ) -> None:
         self.name = name
         self.sub = sub
         self.queue = queue
@@ -72,7 +74,10 @@ class SubscriptionWorker:
         self._stopping = False
         self.on_disabled.clear()
         self._consumer = await self.broker.consume(
-            self.queue, self._handle, prefetch=self.sub.max_in_flight, lease=self.sub.timeout + LEASE_MARGIN_SECONDS
+            self.queue,
+            self._handle,
+            prefetch=self.sub.max_in_flight,
+            lease=self.sub.timeout + LEASE_MARGIN_SECONDS,
         )
 
     async def stop(self) -> None:
@@ -91,7 +96,9 @@ class SubscriptionWorker:
             outcome = await self.fanout.attempt(self.name, self.sub, delivery.event, delivery.attempt)
         except StoreUnavailable as exc:
             # the attempt happened but its outcome is not durable: hand the event back, later
-            log.warning("%s: could not log a delivery outcome (%s); the event will be retried", self.name, exc)
+            log.warning(
+                "%s: could not log a delivery outcome (%s); the event will be retried", self.name, exc
+            )
             await asyncio.sleep(random.uniform(*STORE_RETRY_SECONDS))
             await self.broker.release(delivery)
             return

@@ -62,7 +62,9 @@ class FanOut:
         await self.store.record_attempt(record, dead)
         if decision.outcome == "disabled":
             log.warning("subscription %s disabled: its endpoint answered 410 Gone", name)
-            await self.store.set_subscription_state(name, SubscriptionState.DISABLED, "endpoint answered 410 Gone")
+            await self.store.set_subscription_state(
+                name, SubscriptionState.DISABLED, "endpoint answered 410 Gone"
+            )
         self.metrics.deliveries.labels(name, decision.outcome).inc()
         self.metrics.delivery_latency.labels(name).observe(result.latency_ms / 1000)
         if dead is not None:

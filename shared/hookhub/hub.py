@@ -59,7 +59,12 @@ class Hub:
         if dispatch:
             subs = self.config.subscriptions
             self.dispatcher = Dispatcher(
-                subs, {name: self.queue_for(name) for name in subs}, self.broker, self.store, self.fanout, self.metrics
+                subs,
+                {name: self.queue_for(name) for name in subs},
+                self.broker,
+                self.store,
+                self.fanout,
+                self.metrics,
             )
             await self.dispatcher.start()
         log.info(

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hookhub.config import HubConfig
 from hookhub.broker.base import BrokerUnavailable
+from hookhub.config import HubConfig
 from hookhub.delivery import delivery_id
 from hookhub.errors import BadRequest, NotFound, PayloadTooLarge, Rejection, Unavailable
 from hookhub.events import Event
@@ -156,7 +156,9 @@ async def handle_fanout(hub: Hub, request: Request) -> Response:
         return rejection_response(exc)
     except (StoreUnavailable, BrokerUnavailable) as exc:
         return rejection_response(Unavailable(f"outcome not durable: {type(exc).__name__}"))
-    return json_response({"outcome": decision.outcome, "attempt": attempt, "delivery_id": outcome.delivery_id}, 200)
+    return json_response(
+        {"outcome": decision.outcome, "attempt": attempt, "delivery_id": outcome.delivery_id}, 200
+    )
 
 
 def triggered_event(body: bytes, headers: Any) -> Event:

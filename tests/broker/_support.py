@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import socket
 import sqlite3
+import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,7 @@ import pika
 
 from hookhub.broker import Broker, Topology, event_from_message
 from hookhub.broker.base import HEADER_PREFIX
-from hookhub.broker.rabbitmq import RabbitMQBroker
+from hookhub.broker.rabbitmq import DEFAULT_DELAY_TIERS, RabbitMQBroker, delay_name, redeliver_exchange
 from hookhub.broker.sqlite import MESSAGES_TABLE, SQLiteBroker, sqlite_path
 from hookhub.events import Event
 
@@ -77,7 +79,8 @@ class Harness:
             with contextlib.suppress(Exception):
                 await broker.close()
         if self.kind == "rabbitmq":
-            await asyncio.to_thread(rabbit_delete_topology, self.url, self.topology, self.queues)
+            delay = {n for b in self.brokers if isinstance(b, RabbitMQBroker) for n in b.delay_names}
+            await asyncio.to_thread(rabbit_delete_topology, self.url, self.topology, self.queues, delay)
 
 
 def rabbit_drain(url: str, queue: str) -> list[Message]:
@@ -105,16 +108,42 @@ def rabbit_drain(url: str, queue: str) -> list[Message]:
         connection.close()
 
 
-def rabbit_delete_topology(url: str, topology: Topology, queues: set[str]) -> None:
+def rabbit_delete_topology(
+    url: str, topology: Topology, queues: set[str], delay_names: set[str] | frozenset[str] = frozenset()
+) -> None:
+    """Delete a test namespace: its queues, exchanges, redeliver exchange and delay tiers
+    (a tier's exchange and queue share its name; deleting what was never declared is fine)."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
         channel = connection.channel()
-        for queue in {topology.unrouted_queue, *queues}:
+        for queue in {topology.unrouted_queue, *queues, *delay_names}:
             channel.queue_delete(queue)
-        for exchange in (topology.exchange, topology.unrouted_exchange):
+        for exchange in (topology.exchange, topology.unrouted_exchange, redeliver_exchange(topology)):
+            channel.exchange_delete(exchange)
+        for exchange in delay_names:
             channel.exchange_delete(exchange)
     finally:
         connection.close()
+
+
+def _rabbitmqctl_names(what: str, prefix: str) -> set[str]:
+    if shutil.which("rabbitmqctl") is None:
+        return set()
+    listing = subprocess.run(
+        ["rabbitmqctl", what, "name", "-q", "--no-table-headers"], capture_output=True, text=True, timeout=30
+    )
+    return {name for name in listing.stdout.split() if name.startswith(prefix)}
+
+
+def delete_namespace_queues(url: str, namespace: str) -> None:
+    """Delete everything a hub declared under `namespace` when the test does not know its
+    subscription names (e.g. a hub run as a subprocess): every queue and exchange named
+    `<namespace>.*` that rabbitmqctl lists, plus the fixed names if rabbitmqctl is missing."""
+    topology = Topology(namespace)
+    delay = {delay_name(topology, t) for t in DEFAULT_DELAY_TIERS}
+    queues = _rabbitmqctl_names("list_queues", f"{namespace}.") | delay
+    exchanges = _rabbitmqctl_names("list_exchanges", f"{namespace}.") | delay
+    rabbit_delete_topology(url, topology, queues, frozenset(exchanges))
 
 
 def sqlite_drain(url: str, queue: str) -> list[Message]:

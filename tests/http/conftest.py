@@ -79,21 +79,15 @@ async def hub(broker_url: str, tmp_path: Any, namespace: str) -> AsyncIterator[H
 
 
 async def delete_namespace(broker_url: str, hub: Hub) -> None:
-    """Remove a test's RabbitMQ queues and exchanges (SQLite files vanish with tmp_path)."""
+    """Remove a test's RabbitMQ queues and exchanges, delay tiers included (SQLite files vanish
+    with tmp_path). Quorum queues are heavy: left behind, they exhaust the server's file handles."""
     if not broker_url.startswith("amqp"):
         return
-    import pika
+    import asyncio
 
-    topo = hub.topology
-    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
-    try:
-        channel = connection.channel()
-        for queue in [topo.unrouted_queue, *(b.queue for b in hub.bindings())]:
-            channel.queue_delete(queue)
-        channel.exchange_delete(topo.exchange)
-        channel.exchange_delete(topo.unrouted_exchange)
-    finally:
-        connection.close()
+    from tests.broker._support import delete_namespace_queues
+
+    await asyncio.to_thread(delete_namespace_queues, broker_url, hub.topology.namespace)
 
 
 Signer = Callable[..., tuple[bytes, dict[str, str]]]

@@ -24,7 +24,10 @@ from hookhub.events import Event
 
 log = logging.getLogger(__name__)
 
-HEADER_PREFIX = "cloudEvents:"  # CloudEvents AMQP binding: attributes as application properties
+# Attributes travel as `ce-<name>` message headers: the prefix eventing-rabbitmq's RabbitmqSource
+# recognises as a binary-mode CloudEvent, so on Knative the fan-out function receives the event
+# with its own id, type and source (with `cloudEvents:` it would get a wrapped source event).
+HEADER_PREFIX = "ce-"
 # Scheduling headers, next to (never inside) the CloudEvents ones, so `event_from_message` still
 # rebuilds the same Event. Integers because pika can neither encode a float nor decode one exactly.
 ATTEMPT_HEADER = "hookhub-attempt"  # absent on a freshly published event: attempt 1
@@ -234,22 +237,33 @@ class Broker(ABC):
     async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int, lease: float) -> Consumer:
         """Call `handler` for each message of `queue` that is due, at most `prefetch` unsettled at once.
 
+        Each delivery runs `handler` in a task of its own (up to `prefetch` concurrently). The
+        handler settles it with one of `ack` / `retry` / `release`; returning without settling
+        leaves it leased and counted against `prefetch` (a hand-off, e.g. to a pull request); if
+        the handler raises, the delivery is released and the error logged. A second settle of
+        the same delivery is a no-op.
+
         `lease` is how long a delivery may stay unsettled before the broker may hand it to another
-        consumer (the embedded broker's visibility timeout; RabbitMQ redelivers on connection loss).
-        A message scheduled for later (`schedule`, `retry`) is not handed out before its time.
-        Survives broker restarts: the consumer re-subscribes when the connection comes back.
+        consumer (the embedded broker's visibility timeout: set it above the handler's worst case;
+        RabbitMQ ignores it and redelivers on connection loss). A message scheduled for later
+        (`schedule`, `retry`) is not handed out before its time. Survives broker restarts: the
+        consumer re-subscribes when the connection comes back; deliveries from before the loss can
+        no longer be settled (their settle calls are no-ops) and come back with `redelivered`.
         """
 
     @abstractmethod
     async def ack(self, delivery: Delivery) -> None:
-        """The delivery's outcome is durable elsewhere: remove the message."""
+        """The delivery's outcome is durable elsewhere: remove the message.
+
+        Raises `BrokerUnavailable` if the broker could not take it; the delivery then stays
+        unsettled (and comes back after a crash or lease expiry, as at-least-once allows)."""
 
     @abstractmethod
     async def retry(self, delivery: Delivery, delay: float) -> None:
         """Hand the event out again after `delay` seconds with `attempt + 1`.
 
         The rescheduled copy is durable before the original is removed, so a crash in between
-        can only duplicate it, never lose it.
+        can only duplicate it, never lose it. On `BrokerUnavailable` nothing was settled.
         """
 
     @abstractmethod

@@ -612,8 +612,8 @@ class _SQLiteConsumer(Consumer):
             self._wake.clear()  # before the lease: a write that lands after it wakes us again
             try:
                 rows, token, next_due = await self._broker._submit(_Lease(queue, free, self._lease))
-            except BrokerUnavailable as exc:
-                log.warning("cannot lease from %s (retrying in %.0fs): %s", queue, ERROR_BACKOFF, exc)
+            except Exception as exc:  # BrokerUnavailable mostly; never let the loop die silently
+                log.warning("cannot lease from %s (retrying in %.0fs): %r", queue, ERROR_BACKOFF, exc)
                 await _wait(self._wake, ERROR_BACKOFF)
                 continue
             if self._cancelled:  # leased after cancel: give them straight back

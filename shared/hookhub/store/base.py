@@ -154,4 +154,3 @@ class Store(ABC):
     @abstractmethod
     async def set_subscription_state(self, name: str, state: SubscriptionState, reason: str = "") -> None:
         """Pause, disable (on 410) or resume a subscription, durably."""
-

@@ -230,7 +230,7 @@ class SqlStore(Store):
     async def claim(self, records: Sequence[IngestRecord]) -> list[ClaimResult]:
         try:
             results = await self._writes.submit([(_CLAIM, r) for r in records])
-        except SQLAlchemyError as exc:
+        except self._log_write_errors as exc:
             raise StoreUnavailable(f"store write failed: {type(exc).__name__}") from exc
         return [r if r is not None else ClaimResult.IN_FLIGHT for r in results]
 
@@ -316,7 +316,7 @@ class SqlStore(Store):
     async def settle(self, keys: Sequence[EventKey]) -> None:
         try:
             await self._writes.submit([(_SETTLE, k) for k in keys])
-        except SQLAlchemyError as exc:
+        except self._log_write_errors as exc:
             raise StoreUnavailable(f"store write failed: {type(exc).__name__}") from exc
 
     async def release(self, keys: Sequence[EventKey]) -> None:
@@ -606,74 +606,50 @@ class _LogPath:
         raise NotImplementedError
 
 
+def _attempt_row(a: AttemptRecord) -> tuple[Any, ...]:
+    return (
+        a.delivery_id,
+        a.subscription,
+        a.source,
+        a.event_id,
+        a.event_type,
+        a.correlation_id,
+        a.attempt,
+        a.attempted_at,
+        a.status_code,
+        a.latency_ms,
+        _short(a.error),
+        a.outcome,
+    )
+
+
 class _SqliteLogPath(_LogPath):
     """executemany of constant statements: sqlite3 prepares each once and caches it."""
 
-    INSERT = f"INSERT INTO delivery_attempts ({_ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-    DEAD = f"INSERT INTO dead_letters ({_DEAD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?){_DEAD_UPSERT_SET}"
+    INSERT = f"INSERT INTO delivery_attempts ({_ATTEMPT_COLUMNS}) VALUES ({','.join('?' * 12)})"
+    DEAD = f"INSERT INTO dead_letters ({_DEAD_COLUMNS}) VALUES ({','.join('?' * 12)}){_DEAD_UPSERT_SET}"
 
     def write(self, cursor: Any, attempts: list[AttemptRecord], dead: list[DeadLetter]) -> None:
-        cursor.executemany(
-            self.INSERT,
-            [
-                (
-                    a.delivery_id,
-                    a.subscription,
-                    a.source,
-                    a.event_id,
-                    a.event_type,
-                    a.correlation_id,
-                    a.attempt,
-                    a.attempted_at,
-                    a.status_code,
-                    a.latency_ms,
-                    _short(a.error),
-                    a.outcome,
-                )
-                for a in attempts
-            ],
-        )
+        cursor.executemany(self.INSERT, [_attempt_row(a) for a in attempts])
         if dead:
             cursor.executemany(self.DEAD, [_dead_row(d) for d in dead])
 
 
 class _PostgresLogPath(_LogPath):
-    """Attempts as one JSON parameter (one constant statement, one round trip, as for claims),
-    in a transaction that commits synchronously although the connection's default is off."""
+    """A transaction that commits synchronously although the connection's default is off.
 
-    INSERT = (
-        f"INSERT INTO delivery_attempts ({_ATTEMPT_COLUMNS})"
-        " SELECT d, s, so, e, t, c, n, at, sc, l, er, o FROM json_to_recordset(%s::json)"
-        " AS r(d text, s text, so text, e text, t text, c text, n int, at float8, sc int, l float8,"
-        " er text, o text)"
-    )
-    DEAD = (
-        f"INSERT INTO dead_letters ({_DEAD_COLUMNS})"
-        f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s){_DEAD_UPSERT_SET}"
-    )
+    psycopg's executemany pipelines the rows in one round trip with one prepared statement;
+    measured, it matched the claims' single-JSON-parameter form (the fsync dominates), so the
+    simpler form stays.
+    """
+
+    _VALUES = ", ".join(["%s"] * 12)
+    INSERT = f"INSERT INTO delivery_attempts ({_ATTEMPT_COLUMNS}) VALUES ({_VALUES})"
+    DEAD = f"INSERT INTO dead_letters ({_DEAD_COLUMNS}) VALUES ({_VALUES}){_DEAD_UPSERT_SET}"
 
     def write(self, cursor: Any, attempts: list[AttemptRecord], dead: list[DeadLetter]) -> None:
         cursor.execute("SET LOCAL synchronous_commit = on")
-        rows = json.dumps(
-            [
-                {
-                    "d": a.delivery_id,
-                    "s": a.subscription,
-                    "so": a.source,
-                    "e": a.event_id,
-                    "t": a.event_type,
-                    "c": a.correlation_id,
-                    "n": a.attempt,
-                    "at": a.attempted_at,
-                    "sc": a.status_code,
-                    "l": a.latency_ms,
-                    "er": _short(a.error),
-                    "o": a.outcome,
-                }
-                for a in attempts
-            ]
-        )
-        cursor.execute(self.INSERT, (rows,))
+        cursor.executemany(self.INSERT, [_attempt_row(a) for a in attempts])
         if dead:
             cursor.executemany(self.DEAD, [_dead_row(d) for d in dead])
 
