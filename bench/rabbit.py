@@ -107,10 +107,24 @@ def extra_names(namespace: str) -> tuple[list[str], list[str]]:
     return found[0], found[1]
 
 
+def retry_names(namespace: str) -> list[str]:
+    """hookhub's retry plumbing: `<ns>.redeliver` and every delay tier (a tier's exchange and queue
+    share its name). Named here too because rabbitmqctl may be missing, and a quorum queue left
+    behind keeps costing the broker file handles."""
+    try:
+        from hookhub.broker.rabbitmq import DEFAULT_DELAY_TIERS, delay_name, redeliver_exchange
+        from hookhub.broker.base import Topology
+    except ImportError:
+        return []
+    topology = Topology(namespace)
+    return [redeliver_exchange(topology), *(delay_name(topology, t) for t in DEFAULT_DELAY_TIERS)]
+
+
 def delete_namespace(url: str, namespace: str, subscriptions: Iterable[str] = ("sink",)) -> list[str]:
     """Delete the namespace's queues and exchanges; return the names deleted."""
-    queues = queue_names(namespace, subscriptions)
-    exchanges = exchange_names(namespace)
+    retry = retry_names(namespace)
+    queues = queue_names(namespace, subscriptions) + retry[1:]
+    exchanges = exchange_names(namespace) + retry
     more_queues, more_exchanges = extra_names(namespace)
     queues += [q for q in more_queues if q not in queues]
     exchanges += [e for e in more_exchanges if e not in exchanges]

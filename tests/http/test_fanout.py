@@ -43,6 +43,7 @@ async def fan(
         "crm": subscription(subscriber, "/crm", ["com.acme.invoice.*"], max_attempts=4),
         "audit": subscription(subscriber, "/audit", ["com.acme.#"], max_attempts=4),
         "other": subscription(subscriber, "/other", ["com.elsewhere.*"]),
+        "gh": subscription(subscriber, "/gh", ["com.github.#"]),
     }
     async with running_hub(config) as hub:
         yield hub
@@ -251,3 +252,36 @@ async def wait_attempts(
 def test_delivery_ids_differ_per_subscription() -> None:
     event = Event(id="e1", source="/s", type="t", data=b"")
     assert delivery_id("a", event) == delivery_id("a", event) != delivery_id("b", event)
+
+
+async def test_provider_retries_of_one_event_are_delivered_once(
+    fan: HubClient, subscriber: Subscriber
+) -> None:
+    from tests.http.test_ingest_http import github_request
+
+    body, headers = github_request("delivery-retried")
+    headers["X-GitHub-Event"] = "issues"
+    statuses = [
+        (await fan.client.post("/webhooks/github", content=body, headers=headers)).status_code
+        for _ in range(3)
+    ]
+    assert statuses == [202, 200, 200]
+    (received,) = await subscriber.wait_for_async(1, WAIT, path="/gh")
+    assert received.headers["ce-type"] == "com.github.issues.opened"
+    await asyncio.sleep(1.0)
+    assert len(subscriber.requests("/gh")) == 1
+
+
+async def test_metrics_count_deliveries_and_dead_letters(fan: HubClient, subscriber: Subscriber) -> None:
+    subscriber.status(400, path="/crm")
+    await produce(fan)
+    await subscriber.wait_for_async(1, WAIT, path="/audit")
+    await subscriber.wait_for_async(1, WAIT, path="/crm")
+    await asyncio.sleep(0.3)
+    metrics = (await fan.client.get("/metrics")).text
+    assert 'hookhub_deliveries_total{outcome="delivered",subscription="audit"} 1.0' in metrics
+    assert 'hookhub_deliveries_total{outcome="dead",subscription="crm"} 1.0' in metrics
+    assert 'hookhub_dead_letters_total{subscription="crm"} 1.0' in metrics
+    assert 'hookhub_delivery_duration_seconds_count{subscription="audit"} 1.0' in metrics
+    assert 'hookhub_subscription_active{subscription="crm"} 1.0' in metrics
+    assert f'hookhub_queue_depth{{queue="{fan.hub.queue_for("crm")}"}}' in metrics
