@@ -150,7 +150,9 @@ def run_process(url: str, requests: int, concurrency: int, deadline_s: float = 1
         f"--concurrency={concurrency}",
         "--json",
     ]
-    proc = subprocess.run(argv, cwd=procs.ROOT, capture_output=True, text=True, timeout=deadline_s, check=False)
+    proc = subprocess.run(
+        argv, cwd=procs.ROOT, capture_output=True, text=True, timeout=deadline_s, check=False
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"bare client failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     return ClientResult(**json.loads(proc.stdout.strip().splitlines()[-1]))

@@ -495,7 +495,8 @@ def _ms(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def print_table(rows: list[Row]) -> None:
+def print_table(rows: list[Row], order: tuple[str, ...] = ROW_ORDER) -> None:
+    """The rows in `order` (each hub row under its ceiling), numbers right-aligned."""
     header = ("phase", "throughput", "p50 ms", "p95 ms", "p99 ms", "ratio", "target", "", "note")
     table = [header] + [
         (
@@ -509,7 +510,7 @@ def print_table(rows: list[Row]) -> None:
             r.verdict,
             r.note,
         )
-        for r in sorted(rows, key=lambda r: ROW_ORDER.index(r.key))
+        for r in sorted(rows, key=lambda r: order.index(r.key))
     ]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     right = {1, 2, 3, 4}

@@ -112,8 +112,8 @@ def retry_names(namespace: str) -> list[str]:
     share its name). Named here too because rabbitmqctl may be missing, and a quorum queue left
     behind keeps costing the broker file handles."""
     try:
-        from hookhub.broker.rabbitmq import DEFAULT_DELAY_TIERS, delay_name, redeliver_exchange
         from hookhub.broker.base import Topology
+        from hookhub.broker.rabbitmq import DEFAULT_DELAY_TIERS, delay_name, redeliver_exchange
     except ImportError:
         return []
     topology = Topology(namespace)

@@ -70,9 +70,7 @@ def _stats() -> dict[str, Any]:
 
 
 def _dump(prefix: str) -> dict[str, Any]:
-    return {
-        "paths": {path: list(log.seen.items()) for path, log in _logs.items() if path.startswith(prefix)}
-    }
+    return {"paths": {path: list(log.seen.items()) for path, log in _logs.items() if path.startswith(prefix)}}
 
 
 async def _json(send: Send, doc: dict[str, Any]) -> None:

@@ -13,10 +13,18 @@ import time
 from dataclasses import dataclass
 
 from hookhub.config import SubscriptionConfig
-from hookhub.delivery import AttemptResult, Decision, Deliverer, decide, delivery_id
+from hookhub.delivery import (
+    AttemptResult,
+    Decision,
+    Deliverer,
+    attempt_record,
+    dead_letter,
+    decide,
+    delivery_id,
+)
 from hookhub.events import Event
 from hookhub.metrics import Metrics
-from hookhub.store.base import AttemptRecord, DeadLetter, Store, SubscriptionState
+from hookhub.store.base import Store, SubscriptionState
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +52,10 @@ class FanOut:
         started = time.time()
         result = await self.deliverer.post(name, sub, event, attempt=attempt, delivery_id=did)
         decision = decide(result, attempt, sub)
-        record = AttemptRecord(
-            delivery_id=did,
-            subscription=name,
-            source=event.source,
-            event_id=event.id,
-            event_type=event.type,
-            correlation_id=event.correlationid,
-            attempt=attempt,
-            attempted_at=started,
-            status_code=result.status,
-            latency_ms=result.latency_ms,
-            error=result.error,
-            outcome=decision.outcome,
+        dead = dead_letter(name, event, did, attempt, result) if decision.outcome == "dead" else None
+        await self.store.record_attempt(
+            attempt_record(name, event, did, attempt, result, decision.outcome, started), dead
         )
-        dead = self._dead_letter(did, name, event, attempt, result) if decision.outcome == "dead" else None
-        await self.store.record_attempt(record, dead)
         if decision.outcome == "disabled":
             log.warning("subscription %s disabled: its endpoint answered 410 Gone", name)
             await self.store.set_subscription_state(
@@ -76,37 +72,7 @@ class FanOut:
         did = delivery_id(name, event)
         result = AttemptResult(status=None, latency_ms=0.0, error=reason, retry_after=None)
         await self.store.record_attempt(
-            AttemptRecord(
-                delivery_id=did,
-                subscription=name,
-                source=event.source,
-                event_id=event.id,
-                event_type=event.type,
-                correlation_id=event.correlationid,
-                attempt=attempt,
-                attempted_at=time.time(),
-                status_code=None,
-                latency_ms=0.0,
-                error=reason,
-                outcome="dead",
-            ),
-            self._dead_letter(did, name, event, attempt, result),
+            attempt_record(name, event, did, attempt, result, "dead", time.time()),
+            dead_letter(name, event, did, attempt, result),
         )
         self.metrics.dead_letters.labels(name).inc()
-
-    @staticmethod
-    def _dead_letter(did: str, name: str, event: Event, attempt: int, result: AttemptResult) -> DeadLetter:
-        return DeadLetter(
-            delivery_id=did,
-            subscription=name,
-            source=event.source,
-            event_id=event.id,
-            event_type=event.type,
-            correlation_id=event.correlationid,
-            attributes=event.attributes(),
-            data=event.data,
-            attempts=attempt,
-            last_status=result.status,
-            last_error=result.error,
-            dead_at=time.time(),
-        )

@@ -99,6 +99,7 @@ class Subscriber:
             return
         self.stop()
         self._closed = True
+        self._call(_cancel_pending())  # stalled handlers: end them here, not at garbage collection
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
@@ -262,6 +263,13 @@ class Subscriber:
         if step.times is not None:
             step.times -= 1
         return step
+
+
+async def _cancel_pending() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _peer_port(request: web.Request) -> int:
