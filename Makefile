@@ -29,6 +29,7 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.fanout
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

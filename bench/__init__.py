@@ -2,5 +2,6 @@
 
 Absolute numbers depend on the machine and on whatever else runs on it; a ratio to a ceiling taken
 minutes earlier on the same box is what can be compared across machines and commits.
-`python -m bench.ingest` is the ingest benchmark (issue #2).
+`python -m bench.ingest` is the ingest benchmark (issue #2), `python -m bench.fanout` the fan-out
+one (issue #3); `make bench` runs both.
 """

@@ -9,7 +9,7 @@ budget the hub's own work (consume, log the attempt, ack) takes.
 
     python -m bench.bare_client URL --requests 20000 --concurrency 16 [--json]
 
-Runs in its own process, as the hub does, so it has an interpreter and a GIL to itself.
+`bench.fanout` runs it in its own process, as the hub is one, so it has a GIL to itself.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import base64
 import hashlib
 import hmac
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -29,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import aiohttp
 
-from bench import payloads, procs
+from bench import payloads
 
 SIGNING_SECRET = "whsec_" + base64.b64encode(b"bench-fanout-signing-key-32bytes").decode()
 
@@ -137,25 +135,6 @@ def run(url: str, requests: int, concurrency: int) -> ClientResult:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(post_all(url, requests, concurrency))
-
-
-def run_process(url: str, requests: int, concurrency: int, deadline_s: float = 120.0) -> ClientResult:
-    """The ceiling in its own process (what `bench.fanout` calls)."""
-    argv = [
-        sys.executable,
-        "-m",
-        "bench.bare_client",
-        url,
-        f"--requests={requests}",
-        f"--concurrency={concurrency}",
-        "--json",
-    ]
-    proc = subprocess.run(
-        argv, cwd=procs.ROOT, capture_output=True, text=True, timeout=deadline_s, check=False
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"bare client failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    return ClientResult(**json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -233,24 +233,26 @@ async def test_hundreds_of_concurrent_attempts_all_land_in_shared_transactions(s
     assert store._log_writes.batches - batches_before < 600  # grouped, not one commit each
 
 
-async def test_delivery_log_commits_are_synchronous(store: SqlStore) -> None:
-    """PostgreSQL: the connection default is synchronous_commit=off (for claims); the log's
-    transactions turn it on. SQLite: the log's connections fsync every commit (FULL)."""
+async def test_only_dead_letters_wait_for_the_disk(store: SqlStore) -> None:
+    """A batch with a dead letter commits synchronously (PostgreSQL: synchronous_commit on;
+    SQLite: FULL), since its message is acked next; a plain attempt commits like the claims."""
     seen: list[str] = []
     log = store._log
     original = log.write
 
-    def spying_write(cursor: Any, attempts: Any, dead: Any) -> None:
-        original(cursor, attempts, dead)
+    def spying_write(cursor: Any, attempts: Any, dead: Any, *, durable: bool) -> None:
+        original(cursor, attempts, dead, durable=durable)
         cursor.execute("SHOW synchronous_commit" if store._postgres else "PRAGMA synchronous")
         seen.append(str(cursor.fetchone()[0]))
 
     log.write = spying_write  # type: ignore[method-assign]
     try:
         await store.record_attempt(attempt())
+        record = attempt()
+        await store.record_attempt(record, letter(record))
     finally:
         del log.write
-    assert seen == (["on"] if store._postgres else ["2"])  # 2 = FULL
+    assert seen == (["off", "on"] if store._postgres else ["1", "2"])  # 1 = NORMAL, 2 = FULL
     if store._postgres:  # and the ingest connections still default to off
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
