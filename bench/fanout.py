@@ -559,26 +559,6 @@ def hub_server(config: Path, tmp: Path) -> procs.Server:
     return procs.Server("hub (hookhub run)", argv, port, tmp / "hub.log", cwd=tmp)
 
 
-def set_states(store_url: str, names: Iterable[str], paused: bool) -> None:
-    """Pause or resume subscriptions the way an operator would, in the store; the dispatcher
-    follows within its state poll (2 s), so the queues can fill before anything is delivered."""
-    from hookhub.store import open_store
-    from hookhub.store.base import SubscriptionState
-
-    state = SubscriptionState.PAUSED if paused else SubscriptionState.ACTIVE
-
-    async def apply() -> None:
-        store = open_store(store_url)
-        try:
-            await store.start()
-            for name in names:
-                await store.set_subscription_state(name, state, "bench.fanout")
-        finally:
-            await store.close()
-
-    asyncio.run(apply())
-
-
 def batch_bodies(prefix: str, event_type: str, count: int) -> Iterator[bytes]:
     """Producer batches of 100 structured CloudEvents with ids `<prefix>-<i>`."""
     data = json.loads(payloads.event_data())
@@ -709,7 +689,7 @@ def hub_throughput(
         f"draining {total:,} deliveries ...",
         flush=True,
     )
-    set_states(store, subs, paused=False)
+    ingest.set_subscription_states(store, subs, paused=False, reason="bench.fanout")
     drain = watch(
         snk.base_url,
         {f"/hub/{s}": load.accepted for s in subs},
@@ -769,9 +749,9 @@ def limit_hint(run: Run, key: str, subs: int, rate: float, hub_cpu: float, post_
         line += f" (bare client {in_flight / ceiling * 1000:.1f} ms)"
     if post_ms is not None:
         line += f", of which the POST {post_ms:.1f} ms"
-    if hub_cpu >= 0.85:
+    if hub_cpu >= 0.9:
         return line + " -> CPU-bound in its one process"
-    return line + " -> not CPU-bound: limited by the time each delivery holds its slot"
+    return line + f" -> {1 - hub_cpu:.0%} of a core idle: slots also wait on I/O (store, broker)"
 
 
 def hub_latency(run: Run, hub: procs.Server, snk: procs.Server) -> None:
@@ -814,7 +794,7 @@ def run_hub(run: Run, snk: procs.Server, tmp: Path, stamp: str) -> None:
             yaml.safe_dump(hub_config(args, store, namespace, tmp, snk.base_url), sort_keys=False)
         )
         if wants(args, "throughput"):
-            set_states(store, tp_subs, paused=True)
+            ingest.set_subscription_states(store, tp_subs, paused=True, reason="bench.fanout")
         hub = hub_server(config, tmp)
         try:
             print(

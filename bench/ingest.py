@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -254,6 +254,39 @@ def hub_server(kind: str, config: Path, tmp: Path) -> procs.Server:
         str(port),
     ]
     return procs.Server("hub (hookhub run)", argv, port, tmp / "hub.log", cwd=tmp)
+
+
+def set_subscription_states(store_url: str, names: Iterable[str], paused: bool, reason: str) -> None:
+    """Pause or resume subscriptions in the store, as an operator would; the dispatcher reads the
+    states at start-up and then every 2 s, so a subscription paused before the hub starts is
+    never consumed, and a resumed one starts within 2 s."""
+    import asyncio
+
+    from hookhub.store import open_store
+    from hookhub.store.base import SubscriptionState
+
+    state = SubscriptionState.PAUSED if paused else SubscriptionState.ACTIVE
+
+    async def apply() -> None:
+        store = open_store(store_url)
+        try:
+            await store.start()
+            for name in names:
+                await store.set_subscription_state(name, state, reason)
+        finally:
+            await store.close()
+
+    asyncio.run(apply())
+
+
+def pause_in_store(store: str) -> str:
+    """Pause the subscription before the hub starts (see `pause_sink` for why); the admin API
+    is the fallback when the store cannot be written from here."""
+    try:
+        set_subscription_states(store, ["sink"], paused=True, reason="bench.ingest")
+    except Exception as exc:
+        return f"could not pause in the store ({describe(exc)})"
+    return "paused in the store before start"
 
 
 def pause_sink(base_url: str) -> str:
@@ -584,12 +617,14 @@ def run_hub(run: Run, settings: wrk.WrkSettings, tmp: Path, stamp: str) -> None:
         config = tmp / "hookhub.yaml"
         config.write_text(yaml.safe_dump(hub_config(args.broker, store, namespace, tmp), sort_keys=False))
         hub = hub_server(args.hub, config, tmp)
+        paused = pause_in_store(store) if args.hub == "hookhub" else ""
         try:
             print(f"starting {hub.name} (namespace {namespace}, store {store}) ...", flush=True)
             hub.start(procs.clean_env())
             hub.wait_ready("/readyz", timeout=60)
             if args.hub == "hookhub":
-                paused = pause_sink(hub.base_url)
+                if not paused.startswith("paused"):
+                    paused = pause_sink(hub.base_url)
                 run.data["sink_pause"] = paused
                 print(f"subscription sink: {paused}", flush=True)
             run_hub_phases(run, hub, settings, ledger)
