@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 LEASE_MARGIN_SECONDS = 10.0  # a delivery's lease outlives its HTTP timeout by this much
 STORE_RETRY_SECONDS = (1.0, 5.0)  # pause before handing back a delivery whose outcome could not be logged
 STATE_POLL_SECONDS = 2.0  # how soon a pause or resume made by another process takes effect
+PREFETCH_PER_SLOT = 2  # leased deliveries per max_in_flight slot
 
 
 class RateLimiter:
@@ -62,6 +63,7 @@ class SubscriptionWorker:
         self.broker = broker
         self.fanout = fanout
         self.limiter = RateLimiter(sub.rate_limit) if sub.rate_limit else None
+        self.http_slots = asyncio.Semaphore(sub.max_in_flight)
         self._consumer: Consumer | None = None
         self._stopping = False
         self.on_disabled: asyncio.Event = asyncio.Event()
@@ -76,7 +78,9 @@ class SubscriptionWorker:
         self._consumer = await self.broker.consume(
             self.queue,
             self._handle,
-            prefetch=self.sub.max_in_flight,
+            # more leased than in flight: while some deliveries' outcomes are being logged and
+            # acked, the next ones are already posting (the semaphore keeps POSTs to max_in_flight)
+            prefetch=self.sub.max_in_flight * PREFETCH_PER_SLOT,
             lease=self.sub.timeout + LEASE_MARGIN_SECONDS,
         )
 
@@ -93,7 +97,9 @@ class SubscriptionWorker:
         if self.limiter is not None:
             await self.limiter.acquire()
         try:
-            outcome = await self.fanout.attempt(self.name, self.sub, delivery.event, delivery.attempt)
+            outcome = await self.fanout.attempt(
+                self.name, self.sub, delivery.event, delivery.attempt, self.http_slots
+            )
         except StoreUnavailable as exc:
             # the attempt happened but its outcome is not durable: hand the event back, later
             log.warning(

@@ -8,6 +8,7 @@ and returns the decision. What to do with the broker message is the caller's par
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -42,15 +43,30 @@ class FanOut:
         self.deliverer = deliverer
         self.metrics = metrics
 
-    async def attempt(self, name: str, sub: SubscriptionConfig, event: Event, attempt: int) -> AttemptOutcome:
+    async def attempt(
+        self,
+        name: str,
+        sub: SubscriptionConfig,
+        event: Event,
+        attempt: int,
+        http_slots: asyncio.Semaphore | None = None,
+    ) -> AttemptOutcome:
         """POST once, log the attempt (and dead letter) durably, disable on 410.
+
+        `http_slots` bounds the concurrent POSTs (the subscription's `max_in_flight`) and is held
+        for the HTTP exchange only: logging the outcome needs no slot of the subscriber's, so
+        the next POST starts while this one's log write is still committing.
 
         Raises `StoreUnavailable` when the outcome cannot be made durable: the caller must then
         leave the broker message unsettled, so the event is tried again later.
         """
         did = delivery_id(name, event)
         started = time.time()
-        result = await self.deliverer.post(name, sub, event, attempt=attempt, delivery_id=did)
+        if http_slots is None:
+            result = await self.deliverer.post(name, sub, event, attempt=attempt, delivery_id=did)
+        else:
+            async with http_slots:
+                result = await self.deliverer.post(name, sub, event, attempt=attempt, delivery_id=did)
         decision = decide(result, attempt, sub)
         dead = dead_letter(name, event, did, attempt, result) if decision.outcome == "dead" else None
         await self.store.record_attempt(

@@ -175,14 +175,23 @@ async def test_stalled_subscriber_times_out_and_never_delays_another(
 
 
 async def test_vanished_subscriber_is_retried_until_it_comes_back(
-    fan: HubClient, subscriber: Subscriber
+    broker_url: str, tmp_path: Any, namespace: str, subscriber: Subscriber
 ) -> None:
-    subscriber.stop()  # connection refused
-    (event_id,) = await produce(fan)
-    attempts = await wait_attempts(fan, event_id, "crm", 1, exact=False)
-    assert attempts[0].status_code is None and attempts[0].outcome == "retry"
-    subscriber.start()
-    assert event_id in await subscriber.wait_for_ids_async(1, WAIT, path="/crm")
+    config = base_config(broker_url, f"sqlite:///{tmp_path}/store.db", namespace)
+    patient = {"initial": "300ms", "max": "1s", "multiplier": 2}  # 20 attempts: minutes of patience
+    config["subscriptions"] = {
+        "crm": subscription(subscriber, "/crm", ["com.acme.#"], backoff=patient, max_attempts=20)
+    }
+    async with running_hub(config) as hub:
+        try:
+            subscriber.stop()  # connection refused
+            (event_id,) = await produce(hub)
+            attempts = await wait_attempts(hub, event_id, "crm", 1, exact=False)
+            assert attempts[0].status_code is None and attempts[0].outcome == "retry"
+            subscriber.start()
+            assert event_id in await subscriber.wait_for_ids_async(1, WAIT, path="/crm")
+        finally:
+            await delete_namespace(broker_url, hub.hub)
 
 
 async def test_rate_limit_spaces_deliveries(
