@@ -22,7 +22,7 @@ import yaml
 
 import main
 from hookhub.config import parse_config
-from tests.knative_schema import crd_schemas, in_ci, is_knative, require_crds, validation_errors
+from tests.knative_schema import crd_schemas, is_knative, require_crds, validation_errors
 
 KNATIVE_DIR = Path(__file__).resolve().parents[1] / "knative"
 EXAMPLE_SECRET = KNATIVE_DIR / "secret.example.yaml"
@@ -303,8 +303,6 @@ def test_service_targets_a_real_function(name: str) -> None:
     env = env_of(service)
     target = env.get("FUNCTION_TARGET")
     assert target in FUNCTION_TARGETS
-    if target not in main.__all__ and target == "fanout" and not in_ci():
-        pytest.skip("main.py does not export `fanout` yet (the fan-out function is in progress)")
     assert target in main.__all__, f"{name}: main.py exports no function {target!r}"
     assert inspect.iscoroutinefunction(vars(main)[target])
     provider = env.get("HOOKHUB_PROVIDER")
