@@ -833,18 +833,8 @@ def cleanup(run: Run, namespace: str) -> None:
 
 
 def write_summary(run: Run, stamp: str) -> Path:
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"fanout-{stamp}.json"
-    summary = {
-        "timestamp": stamp,
-        "options": vars(run.args),
-        "targets": {"throughput_vs_ceiling": TARGET_RATIO, "p95_ms": TARGET_P95_MS},
-        "rows": [asdict(r) for r in run.rows],
-        "problems": run.problems,
-        **run.data,
-    }
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return path
+    targets = {"throughput_vs_ceiling": TARGET_RATIO, "p95_ms": TARGET_P95_MS}
+    return ingest.write_summary(run, stamp, "fanout", targets)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -878,22 +868,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        if run.rows:
-            ingest.print_table(run.rows, ROW_ORDER)
-        for line in run.footer:
-            print(line)
-        run.data["elapsed_s"] = round(time.monotonic() - started, 1)
-        run.data["interrupted"] = interrupted
-        path = write_summary(run, stamp)
-        print(f"summary: {path.relative_to(procs.ROOT)}  ({run.data['elapsed_s']}s)")
-    if interrupted:
-        print("interrupted: servers stopped, bench queues, exchanges and store deleted", file=sys.stderr)
-        return 130
-    if run.problems:
-        firsts = [text.splitlines()[0] for text in run.problems]
-        print(f"{len(run.problems)} error(s):", *firsts, sep="\n  - ")
-        return 1
-    return 0
+        ingest.report(run, started, interrupted, lambda: write_summary(run, stamp), ROW_ORDER)
+    return ingest.exit_code(run, interrupted)
 
 
 if __name__ == "__main__":

@@ -559,19 +559,49 @@ def print_table(rows: list[Row], order: tuple[str, ...] = ROW_ORDER) -> None:
     print(flush=True)
 
 
-def write_summary(run: Run, stamp: str) -> Path:
+def write_summary(
+    run: Run, stamp: str, kind: str = "ingest", targets: dict[str, float] | None = None
+) -> Path:
     RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"ingest-{stamp}.json"
+    path = RESULTS_DIR / f"{kind}-{stamp}.json"
+    if targets is None:
+        targets = {"single_vs_A": TARGET_SINGLE, "batch_vs_B": TARGET_BATCH, "p99_ms": TARGET_P99_MS}
     summary = {
         "timestamp": stamp,
         "options": vars(run.args),
-        "targets": {"single_vs_A": TARGET_SINGLE, "batch_vs_B": TARGET_BATCH, "p99_ms": TARGET_P99_MS},
+        "targets": targets,
         "rows": [asdict(r) for r in run.rows],
         "problems": run.problems,
         **run.data,
     }
     path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return path
+
+
+def report(
+    run: Run, started: float, interrupted: bool, write: Callable[[], Path], order: tuple[str, ...]
+) -> None:
+    """Print the table and footer and write the JSON summary (also after an error or Ctrl-C)."""
+    if run.rows:
+        print_table(run.rows, order)
+    for line in run.footer:
+        print(line)
+    run.data["elapsed_s"] = round(time.monotonic() - started, 1)
+    run.data["interrupted"] = interrupted
+    path = write()
+    print(f"summary: {path.relative_to(procs.ROOT)}  ({run.data['elapsed_s']}s)")
+
+
+def exit_code(run: Run, interrupted: bool) -> int:
+    """130 after Ctrl-C, 1 if anything went wrong (each first line listed), else 0."""
+    if interrupted:
+        print("interrupted: servers stopped, bench queues, exchanges and store deleted", file=sys.stderr)
+        return 130
+    if run.problems:
+        firsts = [text.splitlines()[0] for text in run.problems]
+        print(f"{len(run.problems)} error(s):", *firsts, sep="\n  - ")
+        return 1
+    return 0
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -672,22 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        if run.rows:
-            print_table(run.rows)
-        for line in run.footer:
-            print(line)
-        run.data["elapsed_s"] = round(time.monotonic() - started, 1)
-        run.data["interrupted"] = interrupted
-        path = write_summary(run, stamp)
-        print(f"summary: {path.relative_to(procs.ROOT)}  ({run.data['elapsed_s']}s)")
-    if interrupted:
-        print("interrupted: servers stopped, bench queues, exchanges and store deleted", file=sys.stderr)
-        return 130
-    if run.problems:
-        firsts = [text.splitlines()[0] for text in run.problems]
-        print(f"{len(run.problems)} error(s):", *firsts, sep="\n  - ")
-        return 1
-    return 0
+        report(run, started, interrupted, lambda: write_summary(run, stamp), ROW_ORDER)
+    return exit_code(run, interrupted)
 
 
 if __name__ == "__main__":

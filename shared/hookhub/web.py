@@ -229,9 +229,6 @@ def create_app(config: HubConfig, *, dispatch: bool = True) -> Starlette:
     return app
 
 
-__all__ = ["Unavailable", "create_app", "handle_events", "handle_webhook"]
-
-
 async def serve_function(request: Request, handler: Any) -> Response:
     """A functions-framework target's dispatch: probes and metrics on their paths, else `handler`.
 

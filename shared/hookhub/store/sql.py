@@ -8,11 +8,12 @@ is running joins the next one, so a thousand concurrent webhooks cost a handful 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -520,51 +521,26 @@ class SqlStore(Store):
             raise StoreUnavailable(f"delivery log write failed: {type(exc).__name__}") from exc
 
 
+R = TypeVar("R")
+
+
+def _from_row(cls: type[R], row: Any, **converted: Any) -> R:
+    """A record dataclass from a result row: every field by its column name, except those
+    the caller passes already converted (JSON text, bytes)."""
+    values = {f.name: row[f.name] for f in dataclasses.fields(cls) if f.name not in converted}  # type: ignore[arg-type]
+    return cls(**values, **converted)
+
+
 def _record(row: Any) -> IngestRecord:
-    return IngestRecord(
-        source=row["source"],
-        event_id=row["event_id"],
-        type=row["type"],
-        origin=row["origin"],
-        correlation_id=row["correlation_id"],
-        received_at=row["received_at"],
-        status=row["status"],
-    )
+    return _from_row(IngestRecord, row)
 
 
 def _attempt(row: Any) -> AttemptRecord:
-    return AttemptRecord(
-        delivery_id=row["delivery_id"],
-        subscription=row["subscription"],
-        source=row["source"],
-        event_id=row["event_id"],
-        event_type=row["event_type"],
-        correlation_id=row["correlation_id"],
-        attempt=row["attempt"],
-        attempted_at=row["attempted_at"],
-        status_code=row["status_code"],
-        latency_ms=row["latency_ms"],
-        error=row["error"],
-        outcome=row["outcome"],
-    )
+    return _from_row(AttemptRecord, row)
 
 
 def _dead_letter(row: Any) -> DeadLetter:
-    return DeadLetter(
-        delivery_id=row["delivery_id"],
-        subscription=row["subscription"],
-        source=row["source"],
-        event_id=row["event_id"],
-        event_type=row["event_type"],
-        correlation_id=row["correlation_id"],
-        attributes=json.loads(row["attributes"]),
-        data=bytes(row["data"]),
-        attempts=row["attempts"],
-        last_status=row["last_status"],
-        last_error=row["last_error"],
-        dead_at=row["dead_at"],
-        replayed_at=row["replayed_at"],
-    )
+    return _from_row(DeadLetter, row, attributes=json.loads(row["attributes"]), data=bytes(row["data"]))
 
 
 def _short(error: str | None) -> str | None:
