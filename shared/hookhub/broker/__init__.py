@@ -1,4 +1,5 @@
-"""Brokers behind one interface, chosen by URL: `amqp(s)://` RabbitMQ or `sqlite:///` embedded."""
+"""Brokers behind one interface, chosen by URL: `amqp(s)://` RabbitMQ, `sqlite:///` embedded,
+`memory://` in-process (tests; nothing survives the process)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from hookhub.broker.base import (
     Broker,
     BrokerUnavailable,
     Consumer,
-    Delivery,
-    DeliveryHandler,
+    Lease,
+    LeaseHandler,
+    PoisonMessage,
+    PublishUnconfirmed,
     Topology,
     event_from_message,
     message_headers,
@@ -22,8 +25,10 @@ __all__ = [
     "Broker",
     "BrokerUnavailable",
     "Consumer",
-    "Delivery",
-    "DeliveryHandler",
+    "Lease",
+    "LeaseHandler",
+    "PoisonMessage",
+    "PublishUnconfirmed",
     "Topology",
     "event_from_message",
     "message_headers",
@@ -46,4 +51,8 @@ def open_broker(url: str, topology: Topology) -> Broker:
         from hookhub.broker.sqlite import SQLiteBroker
 
         return SQLiteBroker(url, topology)
-    raise ValueError(f"unsupported broker URL scheme {scheme!r}: use amqp://, amqps:// or sqlite:///path")
+    if scheme == "memory":
+        from hookhub.broker.memory import MemoryBroker
+
+        return MemoryBroker(topology)
+    raise ValueError(f"unsupported broker URL scheme {scheme!r}: use amqp://, amqps://, sqlite:///path or memory://")

@@ -53,12 +53,34 @@ class Topology:
     def unrouted_queue(self) -> str:
         return f"{self.namespace}.unrouted"
 
+    @property
+    def dead_queue(self) -> str:
+        """Messages a consumer found that are not events (poison): kept here, never looped."""
+        return f"{self.namespace}.dead"
+
     def subscription_queue(self, name: str) -> str:
         return f"{self.namespace}.sub.{name}"
 
 
 class BrokerUnavailable(Exception):
-    """The broker could not confirm the messages as durable (down, refused, or too slow)."""
+    """The broker did not take the messages: not connected, refused (nack), or not sent at all."""
+
+
+class PublishUnconfirmed(BrokerUnavailable):
+    """The messages were sent but not confirmed in time: they may still become durable.
+
+    `confirmed` resolves later to True (the broker confirmed them after all) or False (nacked,
+    or the connection was lost first). Ingest must not release their claims as if the publish had
+    failed, or a provider's retry would publish the event a second time.
+    """
+
+    def __init__(self, message: str, confirmed: asyncio.Future[bool]) -> None:
+        super().__init__(message)
+        self.confirmed = confirmed
+
+
+class PoisonMessage(Exception):
+    """A queued message that is not a valid event (bad headers or attributes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,21 +135,23 @@ def event_from_message(headers: dict[str, Any], body: bytes) -> Event:
 
 
 @dataclass(slots=True)
-class Delivery:
-    """One message leased from a subscription queue, handed to a consumer's handler.
+class Lease:
+    """One message handed out by a subscription queue, held by this process until settled.
 
-    The handler must end every delivery with exactly one of `Broker.ack`, `Broker.retry` or
-    `Broker.release`; until then the broker holds it (and redelivers it if the process dies).
+    A lease is the broker's side of things; the webhook POSTs made for it are "attempts", and all
+    attempts of one event to one subscription form a "delivery" (see `hookhub.fanout`). The holder
+    ends every lease with exactly one of `Broker.ack`, `Broker.retry` or `Broker.release`; until
+    then the broker keeps the message (and hands it out again if this process dies).
     """
 
     event: Event
     queue: str
     attempt: int  # 1 for the first attempt; n after n-1 attempts that asked for a retry
     redelivered: bool  # the broker handed it out before without an outcome (a crash, a lost lease)
-    receipt: Any = field(repr=False)  # the broker's own handle: a delivery tag, a row id
+    receipt: Any = field(repr=False)  # the broker's own handle: a lease tag, a row id
 
 
-DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+LeaseHandler = Callable[[Lease], Awaitable[None]]
 
 
 class Consumer(ABC):
@@ -136,13 +160,13 @@ class Consumer(ABC):
     @abstractmethod
     async def cancel(self, grace: float = 0.0) -> None:
         """Stop receiving. Deliveries already handed out may still be acked, retried or released
-        for up to `grace` seconds (a graceful shutdown passes the delivery timeout, so in-flight
-        deliveries finish instead of being sent twice); any left unsettled then go back to the
+        for up to `grace` seconds (a graceful shutdown passes the lease timeout, so in-flight
+        leases finish instead of being sent twice); any left unsettled then go back to the
         queue, later settle calls on them are no-ops, and their handler tasks are cancelled."""
 
 
 class Receipt:
-    """Base of the brokers' delivery handles. It remembers that the delivery was settled, so a
+    """Base of the brokers' lease handles. It remembers that the lease was settled, so a
     second ack/retry/release (or the release after a failing handler) is a harmless no-op
     instead of a channel error on RabbitMQ or a lost lease on SQLite."""
 
@@ -153,14 +177,14 @@ class Receipt:
 
 
 class HandlerTasks:
-    """One task per delivery running a consumer's handler, kept so that `cancel` can wait for
-    them or stop them. A handler that raises gets its delivery released (and the error logged):
+    """One task per lease running a consumer's handler, kept so that `cancel` can wait for
+    them or stop them. A handler that raises gets its lease released (and the error logged):
     an exception must not leave a message leased until the process ends."""
 
     __slots__ = ("_handler", "_release", "_tasks", "queue")
 
     def __init__(
-        self, queue: str, handler: DeliveryHandler, release: Callable[[Delivery], Awaitable[None]]
+        self, queue: str, handler: LeaseHandler, release: Callable[[Lease], Awaitable[None]]
     ) -> None:
         self.queue = queue
         self._handler = handler
@@ -175,16 +199,16 @@ class HandlerTasks:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def run(self, delivery: Delivery) -> None:
+    async def run(self, lease: Lease) -> None:
         try:
-            await self._handler(delivery)
+            await self._handler(lease)
         except Exception:
-            log.exception("handler failed on event %s from %s; releasing it", delivery.event.id, self.queue)
-            if not delivery.receipt.settled:
+            log.exception("handler failed on event %s from %s; releasing it", lease.event.id, self.queue)
+            if not lease.receipt.settled:
                 try:
-                    await self._release(delivery)
+                    await self._release(lease)
                 except Exception as exc:  # the broker is down: it comes back by itself
-                    log.warning("could not release event %s: %s", delivery.event.id, exc)
+                    log.warning("could not release event %s: %s", lease.event.id, exc)
 
     async def wait(self, grace: float) -> None:
         """Give the running handlers up to `grace` seconds to finish."""
@@ -205,7 +229,12 @@ class Broker(ABC):
 
     @abstractmethod
     async def start(self, bindings: Sequence[Binding] = ()) -> None:
-        """Connect and declare the topology plus the given subscription bindings.
+        """Connect and declare the topology plus the subscription bindings.
+
+        `bindings` is the complete set for this namespace: a pattern bound to a queue before
+        and absent now is unbound (a subscription's `types` changed), and a subscription queue no
+        longer in the set is unbound from the exchange but kept with its messages; each such
+        queue that still holds messages is logged once as a warning (`log_orphans`).
 
         Must not fail when the broker is down: it keeps reconnecting in the background and
         `publish` raises `BrokerUnavailable` until it is back.
@@ -213,10 +242,12 @@ class Broker(ABC):
 
     @abstractmethod
     async def publish(self, events: Sequence[Event], timeout: float = 5.0) -> None:
-        """Return once every event is confirmed durable; raise `BrokerUnavailable` otherwise.
+        """Return once every event is confirmed durable.
 
-        All-or-nothing from the caller's view: on an exception the caller treats the whole
-        batch as not accepted (some may have been stored: at-least-once, deduplicated later).
+        Raises `PublishUnconfirmed` when the messages went out but no confirm came within
+        `timeout` (they may still be stored), and `BrokerUnavailable` when they were not taken.
+        All-or-nothing from the caller's view: on an exception the caller answers that the
+        batch was not accepted (some may have been stored: at-least-once, deduplicated later).
         """
 
     @abstractmethod
@@ -234,32 +265,36 @@ class Broker(ABC):
     # Consume side (fan-out) ---------------------------------------------------------------
 
     @abstractmethod
-    async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int, lease: float) -> Consumer:
+    async def consume(self, queue: str, handler: LeaseHandler, *, prefetch: int, lease: float) -> Consumer:
         """Call `handler` for each message of `queue` that is due, at most `prefetch` unsettled at once.
 
-        Each delivery runs `handler` in a task of its own (up to `prefetch` concurrently). The
+        Each lease runs `handler` in a task of its own (up to `prefetch` concurrently). The
         handler settles it with one of `ack` / `retry` / `release`; returning without settling
         leaves it leased and counted against `prefetch` (a hand-off, e.g. to a pull request); if
-        the handler raises, the delivery is released and the error logged. A second settle of
-        the same delivery is a no-op.
+        the handler raises, the lease is released and the error logged. A second settle of
+        the same lease is a no-op.
 
-        `lease` is how long a delivery may stay unsettled before the broker may hand it to another
-        consumer (the embedded broker's visibility timeout: set it above the handler's worst case;
-        RabbitMQ ignores it and redelivers on connection loss). A message scheduled for later
+        A lease does not expire while this process holds it: the embedded broker renews it
+        until it is settled, however long the handler waits (for a rate limit, a free slot).
+        `lease` is how soon after this process dies the message is handed out again (RabbitMQ
+        ignores it and redelivers on connection loss). A message scheduled for later
         (`schedule`, `retry`) is not handed out before its time. Survives broker restarts: the
-        consumer re-subscribes when the connection comes back; deliveries from before the loss can
+        consumer re-subscribes when the connection comes back; leases from before the loss can
         no longer be settled (their settle calls are no-ops) and come back with `redelivered`.
+
+        A message that is not a valid event is moved to `Topology.dead_queue` and logged once,
+        never handed to `handler`, never dropped, never redelivered in a loop.
         """
 
     @abstractmethod
-    async def ack(self, delivery: Delivery) -> None:
-        """The delivery's outcome is durable elsewhere: remove the message.
+    async def ack(self, lease: Lease) -> None:
+        """The lease's outcome is durable elsewhere: remove the message.
 
-        Raises `BrokerUnavailable` if the broker could not take it; the delivery then stays
+        Raises `BrokerUnavailable` if the broker could not take it; the lease then stays
         unsettled (and comes back after a crash or lease expiry, as at-least-once allows)."""
 
     @abstractmethod
-    async def retry(self, delivery: Delivery, delay: float) -> None:
+    async def retry(self, lease: Lease, delay: float) -> None:
         """Hand the event out again after `delay` seconds with `attempt + 1`.
 
         The rescheduled copy is durable before the original is removed, so a crash in between
@@ -267,7 +302,7 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    async def release(self, delivery: Delivery) -> None:
+    async def release(self, lease: Lease) -> None:
         """Put the message back now, attempt unchanged (pause, disable, shutdown)."""
 
     @abstractmethod
@@ -275,5 +310,17 @@ class Broker(ABC):
         """Durably enqueue `event` into `queue`, due after `delay` seconds, as attempt `attempt`.
 
         Used by `retry`, and by the Knative fan-out function, which gets its event over HTTP
-        rather than as a `Delivery`.
+        rather than as a `Lease`.
         """
+
+
+def log_orphans(orphans: dict[str, int]) -> None:
+    """The start-up warning for queues of removed subscriptions that still hold messages."""
+    for queue, depth in sorted(orphans.items()):
+        if depth:
+            log.warning(
+                "queue %s belongs to no subscription any more and holds %d messages: they are kept; "
+                "add the subscription back to deliver them",
+                queue,
+                depth,
+            )
