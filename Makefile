@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-CONFIG ?= hookhub.example.yaml
+# `make run CONFIG=my.yaml` serves your own config; ARGS adds options, e.g. ARGS='--port 9090'.
+CONFIG ?= $(or $(HOOKHUB_CONFIG),hookhub.example.yaml)
+ARGS   ?=
 STAMP  := $(VENV)/.installed
 
 .PHONY: install run test lint bench clean
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/hookhub run --config $(CONFIG)
+	$(BIN)/hookhub run --config '$(CONFIG)' $(ARGS)
 
 test: install
 	$(BIN)/pytest

@@ -17,11 +17,20 @@ __all__ = ["events", "fanout", "webhook"]
 
 
 def __getattr__(name: str) -> Any:
-    """Provider names from the config file are targets too (`--target <provider name>`)."""
+    """Provider names from the config file are targets too (`--target <provider name>`).
+
+    When the config cannot load, the name is served anyway: every request then gets the
+    503 that explains it (see `hookhub.hub.get_hub`), instead of a crash at import.
+    """
     if name.startswith("__"):
         raise AttributeError(name)
     from hookhub.config import load_config
+    from hookhub.errors import ConfigError
 
-    if name in load_config().providers:
+    try:
+        providers = load_config().providers
+    except ConfigError:
+        return for_provider(name)
+    if name in providers:
         return for_provider(name)
     raise AttributeError(f"no function or provider named {name!r} (see hookhub.yaml)")

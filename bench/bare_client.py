@@ -1,6 +1,6 @@
 """The fan-out ceiling: a bare aiohttp client doing only the HTTP part of hookhub's deliveries.
 
-One process, one `ClientSession` configured like hookhub's `Deliverer` (no connection cap,
+One process, one `ClientSession` configured like hookhub's `Sender` (no connection cap,
 keep-alive, no cookies, no auto headers or decompression, a per-request timeout), `concurrency`
 posters each sending one request after the other, with the same body and the same header set
 (CloudEvents binary mode, a Standard Webhooks signature, `hookhub-attempt`). No broker, no store:

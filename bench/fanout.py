@@ -647,7 +647,7 @@ def delivery_metrics(base_url: str, subs: list[str]) -> dict[str, Any]:
         if sub not in outcomes:
             continue
         if name == "hookhub_deliveries_total":
-            outcomes[sub][labels["outcome"]] = value
+            outcomes[sub][labels["verdict"]] = value
         elif name == "hookhub_delivery_duration_seconds_sum":
             post_sum += value
         elif name == "hookhub_delivery_duration_seconds_count":

@@ -272,7 +272,7 @@ def set_subscription_states(store_url: str, names: Iterable[str], paused: bool, 
         try:
             await store.start()
             for name in names:
-                await store.set_subscription_state(name, state, reason)
+                await store.subscriptions.set(name, state, reason)
         finally:
             await store.close()
 

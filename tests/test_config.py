@@ -8,8 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from hookhub.cli import app
-from hookhub.config import load_config, parse_config, parse_duration
+from hookhub.config import load_config, parse_config, parse_duration, redact_url
 from hookhub.errors import ConfigError
+from hookhub.startup import startup_summary, startup_warnings, type_pattern_findings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,3 +124,209 @@ def test_subscription_secret_must_be_a_standard_webhooks_key(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as err:
         load_config(path, environ={})
     assert "subscriptions.s.secret" in str(err.value) and "not-base64" not in str(err.value)
+
+
+# Start-up errors: one clear message naming the key and the line -----------------------------
+
+
+def test_duplicate_keys_are_refused_naming_key_and_line(tmp_path: Path) -> None:
+    text = (
+        "providers:\n"
+        "  stripe: {kind: stripe, secrets: [a]}\n"
+        "  github: {kind: github, secrets: [b]}\n"
+        "  stripe: {kind: stripe, secrets: [c]}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), environ={})
+    assert "duplicate key 'stripe'" in str(err.value)
+    assert "line 4" in str(err.value) and "first given on line 2" in str(err.value)
+
+
+def test_duplicate_top_level_key_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="duplicate key 'broker'"):
+        load_config(write(tmp_path, "broker: sqlite:///a.db\nbroker: sqlite:///b.db\n"), environ={})
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
+    text = (
+        "subscriptions:\n"
+        "  a: &base {url: 'http://x/h', types: ['com.stripe.#'], timeout: 5s}\n"
+        "  b: {<<: *base, timeout: 7s}\n"
+    )
+    config = load_config(write(tmp_path, text), environ={})
+    assert config.subscriptions["b"].timeout == 7
+
+
+def test_provider_without_kind_names_the_kinds(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "providers:\n  pay: {secrets: [a]}\n"), environ={})
+    assert "providers.pay.kind: Field required" in str(err.value)
+    assert "stripe" in str(err.value) and "discriminator" not in str(err.value)
+
+
+def test_unknown_kind_names_the_kinds(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "providers:\n  pay: {kind: strype, secrets: [a]}\n"), environ={})
+    assert "providers.pay.kind: unknown provider kind 'strype'" in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# nothing configured yet\n"])
+def test_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(write(tmp_path, text), environ={})
+
+
+def test_file_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "hookhub.yaml"
+    path.write_bytes(b"broker: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path, environ={})
+
+
+def test_self_referring_alias_is_an_error_not_a_recursion(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="refers to itself"):
+        load_config(write(tmp_path, "providers: &p {x: *p}\n"), environ={})
+
+
+# Secrets in URLs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://h/db?password=hunter2", "postgresql://h/db?password=***"),
+        ("amqp://h/?password=hunter2&heartbeat=5", "amqp://h/?password=***&heartbeat=5"),
+        ("amqp://guest:hunter2@h:5672/%2F", "amqp://guest:***@h:5672/%2F"),
+        ("amqp://guest:hun/ter2@h:5672/v", "amqp://guest:***@h:5672/v"),
+        (
+            "postgresql://u@h/db?sslmode=require&sslpassword=hunter2",
+            "postgresql://u@h/db?sslmode=require&sslpassword=***",
+        ),
+        ("s3://bucket/p?aws_secret_access_key=hunter2#x", "s3://bucket/p?aws_secret_access_key=***#x"),
+        ("http://x/h?access_token=hunter2&api%5Fkey=hunter2", "http://x/h?access_token=***&api%5Fkey=***"),
+        ("sqlite:///./var/hookhub.db", "sqlite:///./var/hookhub.db"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize("url", ["redis://h/?password=hunter2", "mysql://h/db?token=hunter2"])
+def test_query_passwords_are_redacted_in_errors(url: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"store": url}, environ={})
+    assert "hunter2" not in str(err.value) and "***" in str(err.value)
+
+
+# Start-up report ----------------------------------------------------------------------------------
+
+
+def test_summary_names_file_shape_and_subscriptions_without_secrets() -> None:
+    config = parse_config(
+        {
+            "broker": "amqp://guest:hunter2@h/",
+            "store": "postgresql://u@h/db?password=hunter2",
+            "providers": {"stripe": {"kind": "stripe", "secrets": ["whsec_x"]}},
+            "subscriptions": {"crm": {"url": "http://x/h?token=hunter2", "types": ["com.stripe.#"]}},
+        },
+        environ={},
+    )
+    text = "\n".join(startup_summary(config, "my.yaml"))
+    assert "my.yaml" in text and "amqp://guest:***@h/" in text and "postgresql://u@h/db?password=***" in text
+    assert "subscription crm: push to http://x/h?token=***, types com.stripe.#" in text
+    assert "hunter2" not in text
+
+
+def test_development_secrets_are_named_until_their_variables_are_set() -> None:
+    example = ROOT / "hookhub.example.yaml"
+    config = load_config(example, environ={})
+    assert {"STRIPE_WEBHOOK_SECRET", "CRM_SIGNING_SECRET", "HOOKHUB_ADMIN_TOKEN"} <= set(
+        config.development_secrets
+    )
+    (warning,) = [w for w in startup_warnings(config) if "development secrets" in w]
+    assert "STRIPE_WEBHOOK_SECRET" in warning and "dev_stripe" not in warning
+    config = load_config(example, environ={"STRIPE_WEBHOOK_SECRET": "whsec_real", "HOOKHUB_ADMIN_TOKEN": "t"})
+    assert "STRIPE_WEBHOOK_SECRET" not in config.development_secrets
+    assert "HOOKHUB_ADMIN_TOKEN" not in config.development_secrets
+
+
+def test_non_secret_defaults_are_not_announced(tmp_path: Path) -> None:
+    path = write(tmp_path, "namespace: ${NAMESPACE:-hookhub}\n")
+    assert load_config(path, environ={}).development_secrets == []
+
+
+def test_example_config_patterns_all_match_a_provider() -> None:
+    config = load_config(ROOT / "hookhub.example.yaml", environ={})
+    assert type_pattern_findings(config) == []
+
+
+PROVIDERS = {
+    "stripe": {"kind": "stripe", "secrets": ["s"]},
+    "svix": {"kind": "standard", "secrets": ["whsec_AAAA"], "type_prefix": "io.svix"},
+    "acme": {"kind": "hmac", "header": "X-Sig", "secrets": ["s"], "id": "/id", "type": "acme.order.paid"},
+    "beta": {"kind": "hmac", "header": "X-Sig", "secrets": ["s"], "id": "/id", "type": "/type"},
+}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matches"),
+    [
+        ("com.stripe.*", True),
+        ("com.stripe.#", True),
+        ("#", True),
+        ("*.stripe.invoice.paid", True),
+        ("io.svix.#", True),
+        ("acme.order.paid", True),
+        ("acme.#", True),
+        ("acme.order.paid.#", True),
+        ("com.beta.*", True),  # hmac: type_prefix defaults to com.<name>
+        ("com.stripe", False),  # stripe's types always have a word after the prefix
+        ("acme.order.paid.*", False),  # a fixed type has nothing after it
+        ("com.svix.*", False),  # svix set its own prefix
+        ("com.strpe.*", False),
+        ("org.example.#", False),
+    ],
+)
+def test_which_patterns_can_match_a_provider(pattern: str, matches: bool) -> None:
+    config = parse_config(
+        {"providers": PROVIDERS, "subscriptions": {"s": {"url": "http://x/h", "types": [pattern]}}},
+        environ={},
+    )
+    assert (type_pattern_findings(config) == []) is matches
+
+
+def test_unmatchable_pattern_warns_naming_known_prefixes() -> None:
+    config = parse_config(
+        {"providers": PROVIDERS, "subscriptions": {"s": {"url": "http://x/h", "types": ["org.example.#"]}}},
+        environ={},
+    )
+    (warning,) = startup_warnings(config)
+    assert "subscription s" in warning and "'org.example.#'" in warning
+    assert "com.stripe" in warning and "io.svix" in warning and "acme.order.paid" in warning
+
+
+def test_with_producers_an_unmatched_pattern_is_noted_not_warned_unless_misspelt() -> None:
+    settings = {
+        "providers": PROVIDERS,
+        "producers": {"billing": {"token": "t"}},
+        "subscriptions": {"s": {"url": "http://x/h", "types": ["org.example.#", "com.strpe.#"]}},
+    }
+    config = parse_config(settings, environ={})
+    (warning,) = startup_warnings(config)
+    assert "'com.strpe.#'" in warning and "closest provider prefix: com.stripe" in warning
+    summary = "\n".join(startup_summary(config, "x.yaml"))
+    assert "'org.example.#'" in summary and "only producers (billing)" in summary
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"broker": "amqp://guest:guest@h/?password=hunter2"}, "broker"),  # pika refuses the parameter
+        ({"broker": "amqp://h:99999/"}, "broker"),
+        ({"store": "postgresql://u:hunter2@h:port/db"}, "store"),
+    ],
+)
+def test_urls_the_clients_would_refuse_are_config_errors(settings: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(settings, environ={})
+    assert f"config: {key}: " in str(err.value) and "hunter2" not in str(err.value)

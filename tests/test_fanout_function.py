@@ -57,7 +57,7 @@ async def function(
 async def test_delivered_event_is_acked_with_200(function: tuple[httpx.AsyncClient, Subscriber]) -> None:
     client, subscriber = function
     response = await client.post("/crm", content=b'{"a": 1}', headers=cloudevent("e1"))
-    assert response.status_code == 200 and response.json()["outcome"] == "delivered"
+    assert response.status_code == 200 and response.json()["verdict"] == "delivered"
     (received,) = subscriber.requests("/crm")
     assert received.body == b'{"a": 1}' and received.headers["ce-id"] == "e1"
 
@@ -69,17 +69,18 @@ async def test_retry_is_scheduled_on_the_broker_and_numbered_from_the_log(
     subscriber.status(503, path="/crm")
     first = await client.post("/crm", content=b"{}", headers=cloudevent("e2"))
     assert first.status_code == 200 and first.json() | {"delivery_id": None} == {
-        "outcome": "retry",
+        "verdict": "retry",
         "attempt": 1,
         "delivery_id": None,
     }
     hub = await get_hub()
-    assert (await hub.broker.queue_depths())[hub.queue_for("crm")] == 1  # the rescheduled copy
-    second = await client.post("/crm", content=b"{}", headers=cloudevent("e2"))
-    assert second.json()["attempt"] == 2
-    third = await client.post("/crm", content=b"{}", headers=cloudevent("e2"))
-    assert third.json()["outcome"] == "dead"
-    assert [d.event_id for d in await hub.store.dead_letters("crm")] == ["e2"]
+    assert (await hub.broker.queue_depths())[hub.queue_for["crm"]] == 1  # the rescheduled copy
+    # the source pushes the copy again before its retry is due (RabbitMQ's delay tiers are
+    # coarse): it goes back for the rest of its wait, and nothing is POSTed early
+    early = await client.post("/crm", content=b"{}", headers=cloudevent("e2"))
+    assert early.status_code == 200 and early.json()["verdict"] == "retry"
+    assert len(subscriber.requests("/crm")) == 1
+    assert (await hub.broker.queue_depths())[hub.queue_for["crm"]] == 2
 
 
 async def test_unknown_subscription_and_missing_attributes(
@@ -88,15 +89,6 @@ async def test_unknown_subscription_and_missing_attributes(
     client, _ = function
     assert (await client.post("/nosuch", content=b"{}", headers=cloudevent("e3"))).status_code == 404
     assert (await client.post("/crm", content=b"{}", headers={"ce-id": "x"})).status_code == 400
-
-
-async def test_dead_letter_sink_records_the_event(function: tuple[httpx.AsyncClient, Subscriber]) -> None:
-    client, subscriber = function
-    response = await client.post("/crm/dead-letter", content=b"{}", headers=cloudevent("e4"))
-    assert response.status_code == 200
-    hub = await get_hub()
-    assert [d.event_id for d in await hub.store.dead_letters("crm")] == ["e4"]
-    assert subscriber.requests() == []
 
 
 async def test_probes_answer_on_the_function(function: tuple[httpx.AsyncClient, Subscriber]) -> None:

@@ -126,7 +126,7 @@ def test_hookhub_run_serves_everything_on_one_port(
     assert github_post(f"http://127.0.0.1:{port}/webhooks/gh").status_code == 202
     assert httpx.get(f"http://127.0.0.1:{port}/readyz").json()["checks"] == {"broker": True, "store": True}
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-    assert 'hookhub_ingested_events_total{outcome="accepted",provider="gh"} 1.0' in metrics
+    assert 'hookhub_ingested_events_total{provider="gh",result="accepted"} 1.0' in metrics
 
 
 def test_hookhub_run_refuses_a_broken_config(tmp_path: Path) -> None:
@@ -137,3 +137,62 @@ def test_hookhub_run_refuses_a_broken_config(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "providers.gh.colour" in result.stderr
+
+
+def wait_until_answering(process: subprocess.Popen[bytes], url: str) -> httpx.Response:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "server exited"
+        try:
+            return httpx.get(url, timeout=1)
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError("server did not answer within 30 s")
+
+
+@pytest.mark.parametrize("target", ["webhook", "gh"], ids=["webhook-target", "provider-name-target"])
+def test_function_with_a_broken_config_answers_503_logs_once_and_stops_promptly(
+    tmp_path: Path, target: str
+) -> None:
+    path = tmp_path / "hookhub.yaml"
+    path.write_text("providers:\n  gh: {kind: github}\n")  # no secrets
+    port = free_port()
+    command = [str(BIN / "functions-framework"), "--target", target, "--asgi", "--port", str(port)]
+    env = {**os.environ, "HOOKHUB_CONFIG": str(path), "HOOKHUB_PROVIDER": "gh"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    try:
+        assert wait_until_answering(process, f"http://127.0.0.1:{port}/healthz").status_code == 503
+        statuses = [github_post(f"http://127.0.0.1:{port}/").status_code for _ in range(3)]
+        assert statuses == [503, 503, 503]
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+        assert time.monotonic() - started < 10
+    finally:
+        if process.poll() is None:
+            process.kill()
+    stderr = process.stderr.read().decode() if process.stderr else ""
+    assert "Traceback" not in stderr
+    errors = [
+        line for line in stderr.splitlines() if "configuration cannot be loaded" in line and "ERROR" in line
+    ]
+    assert len(errors) == 1, stderr
+    assert "providers.gh" in errors[0] and "secrets is required" in errors[0]
+
+
+def test_function_logs_the_start_up_summary_once(config_file: Path) -> None:
+    port = free_port()
+    command = [str(BIN / "functions-framework"), "--target", "events", "--asgi", "--port", str(port)]
+    process = serve(command, {"HOOKHUB_CONFIG": str(config_file)}, port)
+    try:
+        for _ in range(3):
+            httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    stderr = process.stderr.read().decode() if process.stderr else ""
+    assert stderr.count(f"config {config_file}") == 1, stderr
+    assert "providers: gh (github)" in stderr and "producers: billing" in stderr

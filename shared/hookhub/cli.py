@@ -1,34 +1,90 @@
-"""The `hookhub` command: run the hub locally, check a config file."""
+"""The `hookhub` command: run the hub locally, check a config file.
+
+Start-up problems (a broken config, a port out of range or taken) end in one message on
+stderr and a non-zero exit code, never a traceback.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
-from hookhub import knative
-from hookhub.config import HubConfig, load_config
+from hookhub import knative, logs
+from hookhub.config import HubConfig, config_path, load_config, redact_url
 from hookhub.errors import ConfigError
 
 app = typer.Typer(
-    help="hookhub: a webhook hub built as serverless functions for Knative.", no_args_is_help=True
+    help="hookhub: a webhook hub built as serverless functions for Knative.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # a traceback's locals could hold URLs with passwords
 )
 err = Console(stderr=True)
+log = logging.getLogger("hookhub")
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="Config file (default: $HOOKHUB_CONFIG or hookhub.yaml)")
 ]
+
+
+def _fail(title: str, message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]{title}[/]\n{message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def _load(config: Path | None) -> HubConfig:
     try:
         return load_config(config)
     except ConfigError as exc:
-        err.print(f"[bold red]invalid configuration[/]\n{exc}", highlight=False)
-        raise typer.Exit(2) from None
+        _fail("invalid configuration", str(exc), 2)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The bound listening socket, or a one-line reason why not (`hookhub run` hands it to
+    uvicorn, so the port checked is the port served)."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range: use 1 to 65535")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot listen on {host!r}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ValueError(
+                f"port {port} on {host} is already in use (another hookhub?): stop it or pick --port"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise ValueError(f"not allowed to listen on port {port} (below 1024 needs privileges)") from None
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def first_steps(config: HubConfig, host: str, port: int) -> list[str]:
+    """Where to send a first request, for the start-up log."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+    base = f"http://{f'[{shown}]' if ':' in shown and not shown.startswith('[') else shown}:{port}"
+    lines = []
+    if config.providers:
+        lines.append(f"webhooks: POST {base}/webhooks/<name> for {', '.join(config.providers)}")
+    if config.producers:
+        lines.append(f"producers: POST {base}/events with Authorization: Bearer <token>")
+    if config.demo_receiver:
+        lines.append(f"demo receiver: {base}/demo/receiver logs each delivery it gets")
+    lines.append(f"health {base}/healthz, readiness {base}/readyz, metrics {base}/metrics")
+    lines.append("a first signed webhook: see README.md, 'Try it'")
+    return lines
 
 
 @app.command()
@@ -37,36 +93,55 @@ def run(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: Annotated[str, typer.Option(help="text (for people) or json (one object a line)")] = "text",
 ) -> None:
-    """Serve ingest, producer API, admin API, health and metrics on one port."""
+    """Serve ingest, producer API, health and metrics on one port, and deliver to subscribers."""
     import uvicorn
 
-    from hookhub.web import create_app
+    from hookhub.demo import demo_mismatches, demo_route
+    from hookhub.startup import log_startup
+    from hookhub.web import create_app, uvicorn_options
 
     hub_config = _load(config)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pika").setLevel(logging.CRITICAL)  # the broker logs its own one-line warnings
-    err.print(f"hookhub listening on http://{host}:{port} ({len(hub_config.providers)} providers)")
-    uvicorn.run(
-        create_app(hub_config),
-        host=host,
-        port=port,
-        http="httptools",
-        loop="uvloop",
-        access_log=False,
-        log_level=log_level.lower(),
-        lifespan="on",
-    )
+    try:
+        logs.configure(log_level.lower(), log_format.lower())
+        sock = listen(host, port)
+    except ValueError as exc:
+        _fail("cannot start", str(exc), 2)
+    log_startup(hub_config, config_path(config), log)
+    for line in demo_mismatches(hub_config, port):
+        log.warning(line)
+    for line in first_steps(hub_config, host, port):
+        log.info(line)
+    try:
+        web_app = create_app(hub_config)
+    except Exception as exc:  # opening broker or store clients: one message, the detail at debug
+        log.debug("cannot start", exc_info=True)
+        _fail("cannot start", redact_url(f"{type(exc).__name__}: {exc}"), 1)
+    if hub_config.demo_receiver:
+        web_app.router.routes.append(demo_route(hub_config))
+    options = {
+        "loop": "uvloop",
+        "access_log": False,
+        "log_level": log_level.lower(),
+        "lifespan": "on",
+        **uvicorn_options(),
+    }
+    uvicorn.Server(uvicorn.Config(web_app, **options)).run(sockets=[sock])
 
 
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
-    """Validate the config file and print what it configures."""
+    """Validate the config file and print what it configures, and any warnings on stderr."""
+    from hookhub.startup import startup_warnings
+
     hub_config = _load(config)
     print(
         f"ok: {len(hub_config.providers)} providers, {len(hub_config.producers)} producers, "
         f"{len(hub_config.subscriptions)} subscriptions"
     )
+    for warning in startup_warnings(hub_config):
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 render_app = typer.Typer(
@@ -101,14 +176,11 @@ def render_knative(
             return
         written = knative.write(hub_config, out, **options)
     except ConfigError as exc:  # as _load does, for a ConfigMap manifest too
-        err.print(f"[bold red]invalid configuration[/]\n{exc}", highlight=False)
-        raise typer.Exit(2) from None
+        _fail("invalid configuration", str(exc), 2)
     except knative.RenderError as exc:
-        err.print(f"[bold red]cannot render[/]\n{exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        _fail("cannot render", str(exc), 2)
     except FileExistsError as exc:
-        err.print(f"[bold red]not written[/]\n{exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail("not written", str(exc), 1)
     pull = sorted(n for n, s in hub_config.subscriptions.items() if s.mode == "pull")
     err.print(
         f"wrote {len(written)} files to {out}: the fanout Service, {len(written) - 2} RabbitmqSource(s)"

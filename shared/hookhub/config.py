@@ -1,7 +1,8 @@
 """`hookhub.yaml`: loaded, `${VAR}`-substituted, overridden from `HOOKHUB_*`, validated by pydantic.
 
-A broken file stops start-up with a `ConfigError` whose message names the key and the problem,
-e.g. `hookhub.yaml: providers.acme.header: Field required`.
+A broken file stops start-up with a `ConfigError` whose message names the key (or the line) and
+the problem, e.g. `hookhub.yaml: providers.acme.header: Field required`. A key given twice is an
+error, not "the last one wins"; URLs in messages go through `redact_url`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import yaml
 from pydantic import (
@@ -19,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -56,8 +58,10 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 _TOPIC_WORD = re.compile(r"^(\*|#|[^.*#\s]+)$")
 
 
-def check_topic_pattern(pattern: str) -> str:
+def check_topic_pattern(pattern: Any) -> str:
     """AMQP topic syntax: dot-separated words, each a literal, `*` or `#`."""
+    if not isinstance(pattern, str):
+        raise ValueError("a type pattern must be a string, e.g. com.stripe.*")
     if not pattern or any(not _TOPIC_WORD.match(word) for word in pattern.split(".")):
         raise ValueError(
             f"invalid type pattern {pattern!r}: dot-separated words, `*` for one word, `#` for zero or more"
@@ -154,16 +158,41 @@ class HubConfig(BaseModel):
     providers: dict[str, ProviderSpec] = Field(default_factory=dict)
     producers: dict[str, ProducerConfig] = Field(default_factory=dict)
     subscriptions: dict[str, SubscriptionConfig] = Field(default_factory=dict)
+    # `hookhub run` also serves POST /demo/receiver, which logs each delivery it gets (first steps)
+    demo_receiver: bool = False
+
+    _development_secrets: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def development_secrets(self) -> list[str]:
+        """Variables whose `${VAR:-default}` development default is in use for a secret."""
+        return list(self._development_secrets)
 
     @field_validator("broker")
     @classmethod
     def _broker_url(cls, value: str) -> str:
-        return _check_url(value, ("sqlite", "amqp", "amqps"))
+        value = _check_url(value, ("sqlite", "amqp", "amqps", "memory"))
+        if value.startswith("amqp"):
+            import pika  # what the RabbitMQ broker parses it with: refuse here what it would refuse
+
+            try:
+                pika.URLParameters(value)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"invalid AMQP URL {redact_url(value)!r}: {str(exc)[:200]}") from None
+        return value
 
     @field_validator("store")
     @classmethod
     def _store_url(cls, value: str) -> str:
-        return _check_url(value, ("sqlite", "postgresql", "postgres", "postgresql+psycopg"))
+        value = _check_url(value, ("sqlite", "postgresql", "postgres", "postgresql+psycopg"))
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value).port  # noqa: B018  (parsing the port is what raises)
+        except (ArgumentError, ValueError):
+            raise ValueError(f"invalid database URL {redact_url(value)!r}") from None
+        return value
 
     @field_validator("archive")
     @classmethod
@@ -189,79 +218,202 @@ def _check_url(value: str, schemes: tuple[str, ...]) -> str:
     return value
 
 
+_SENSITIVE_PARAM = re.compile(r"pass|pwd|secret|token|key|signature|credential|auth", re.IGNORECASE)
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, for messages and logs."""
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@", 1)
-    return url
+    """The URL with its password and every secret-looking query parameter shown as `***`.
+
+    Works on the string itself (not parse-and-rebuild) so everything else is shown as written;
+    `?password=`, `?token=`, `?sslpassword=`, `?X-Amz-Signature=` and the like are secrets too.
+    """
+    scheme = _SCHEME.match(url)
+    if scheme:
+        # up to the last "@" before the query: an unencoded "/" in a password still gets hidden
+        rest = url[scheme.end() :]
+        head = re.split(r"[?#]", rest, maxsplit=1)[0]
+        if "@" in head:
+            userinfo, after = rest[: head.rindex("@")], rest[head.rindex("@") :]
+            if ":" in userinfo:
+                url = f"{scheme.group()}{userinfo.split(':', 1)[0]}:***{after}"
+    query_at = url.find("?")
+    if query_at < 0:
+        return url
+    fragment_at = url.find("#", query_at)
+    end = len(url) if fragment_at < 0 else fragment_at
+    params = url[query_at + 1 : end].split("&")
+    for i, param in enumerate(params):
+        name, equals, _ = param.partition("=")
+        if equals and _SENSITIVE_PARAM.search(unquote(name)):
+            params[i] = f"{name}=***"
+    return f"{url[: query_at + 1]}{'&'.join(params)}{url[end:]}"
 
 
 # Loading ------------------------------------------------------------------------------------
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_WORD = re.compile(r"secret|token|passw|hottok|api_?key", re.IGNORECASE)
 
 
-def substitute_env(value: Any, environ: dict[str, str], path: str = "") -> Any:
-    """Replace `${VAR}` (or `${VAR:-default}`) in every string; a missing variable is an error."""
-    if isinstance(value, str):
+class _Substitution:
+    """One pass of `${VAR}` substitution; remembers which development defaults it used.
 
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in environ:
-                return environ[name]
-            if default is not None:
-                return default
+    Results are memoised per object, so a YAML alias used many times is substituted once
+    (no exponential blow-up) and a recursive alias is refused instead of recursing forever.
+    """
+
+    def __init__(self, environ: dict[str, str]) -> None:
+        self.environ = environ
+        self.defaults_used: list[tuple[str, str]] = []  # (key path, variable name)
+        self._done: dict[int, Any] = {}
+        self._active: set[int] = set()
+
+    def __call__(self, value: Any, path: str = "") -> Any:
+        if isinstance(value, str):
+            return _VAR.sub(lambda match: self._replace(match, path), value)
+        if not isinstance(value, dict | list):
+            return value
+        key = id(value)
+        if key in self._done:
+            return self._done[key]
+        if key in self._active:
+            raise ConfigError(f"{path or '(top level)'}: a YAML alias refers to itself")
+        self._active.add(key)
+        if isinstance(value, dict):
+            result: Any = {k: self(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        else:
+            result = [self(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        self._active.discard(key)
+        self._done[key] = result
+        return result
+
+    def _replace(self, match: re.Match[str], path: str) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in self.environ:
+            return self.environ[name]
+        if default is None:
             raise ConfigError(f"{path or 'value'}: environment variable {name} is not set")
-
-        return _VAR.sub(replace, value)
-    if isinstance(value, dict):
-        return {k: substitute_env(v, environ, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [substitute_env(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
-    return value
+        self.defaults_used.append((path, name))
+        return default
 
 
 def apply_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
     """`HOOKHUB_<KEY>` replaces the top-level scalar setting `<key>` (e.g. HOOKHUB_BROKER)."""
-    scalar_keys = [
-        name
-        for name, f in HubConfig.model_fields.items()
-        if name not in ("providers", "producers", "subscriptions")
-    ]
-    for key in scalar_keys:
+    for key in _overridable_keys():
         env_name = f"HOOKHUB_{key.upper()}"
         if env_name in environ:
             data[key] = environ[env_name]
     return data
 
 
+def _overridable_keys() -> list[str]:
+    return [
+        name for name in HubConfig.model_fields if name not in ("providers", "producers", "subscriptions")
+    ]
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for error in exc.errors(include_url=False, include_input=False):
         loc = [str(part) for part in error["loc"]]
+        message = error["msg"]
         # drop the discriminator tag pydantic inserts after a provider's name (providers.x.<kind>.field)
         if len(loc) >= 3 and loc[0] == "providers" and loc[2] in _REGISTRY:
             del loc[2]
-        lines.append(f"{source}: {'.'.join(loc) or '(top level)'}: {error['msg']}")
+        if error["type"] == "union_tag_not_found":  # a provider without `kind`
+            loc.append("kind")
+            message = f"Field required: the provider's kind, one of {', '.join(sorted(_REGISTRY))}"
+        elif error["type"] == "union_tag_invalid":
+            loc.append("kind")
+            tag = str(error.get("ctx", {}).get("tag", ""))[:40]
+            message = f"unknown provider kind {tag!r}: use one of {', '.join(sorted(_REGISTRY))}"
+        lines.append(f"{source}: {'.'.join(loc) or '(top level)'}: {message}")
     return "\n".join(lines)
+
+
+def _is_secret(path: str, variable: str) -> bool:
+    last = path.rsplit(".", 1)[-1].split("[", 1)[0]
+    return bool(_SECRET_WORD.search(last) or _SECRET_WORD.search(variable))
 
 
 def parse_config(data: Any, source: str = "config", environ: dict[str, str] | None = None) -> HubConfig:
     """Validate an already-loaded mapping (what the YAML file holds)."""
     env = dict(os.environ if environ is None else environ)
     if data is None:
-        data = {}
+        raise ConfigError(f"{source}: empty: no settings at all (start from hookhub.example.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of settings")
+    substitution = _Substitution(env)
     try:
-        data = apply_overrides(substitute_env(data, env), env)
+        data = apply_overrides(substitution(data), env)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
     try:
-        return HubConfig.model_validate(data)
+        config = HubConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+    overridden = {key for key in _overridable_keys() if f"HOOKHUB_{key.upper()}" in env}
+    config._development_secrets = sorted(
+        {
+            variable
+            for path, variable in substitution.defaults_used
+            if _is_secret(path, variable) and path.split(".", 1)[0] not in overridden
+        }
+    )
+    return config
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (it keeps the last one
+    silently otherwise, so a second `stripe:` would replace the first without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # unhashable: the base class reports it
+            if first is not None:
+                raise _DuplicateKey(
+                    problem=f"duplicate key {str(key)[:60]!r} (first given on line {first.line + 1})",
+                    problem_mark=key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """The YAML document as the hub reads it: safe tags only, duplicate keys refused, errors with
+    the line. Raises ConfigError."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        what = "" if isinstance(exc, _DuplicateKey) else " not valid YAML:"
+        raise ConfigError(f"{source}:{where}{what} {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+
+
+def config_path(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Path:
+    """The file to load: `--config`, else HOOKHUB_CONFIG, else ./hookhub.yaml."""
+    env = os.environ if environ is None else environ
+    return Path(path or env.get("HOOKHUB_CONFIG") or DEFAULT_CONFIG_PATH)
 
 
 def load_config(
@@ -269,18 +421,13 @@ def load_config(
 ) -> HubConfig:
     """Read, substitute, override and validate the config file (`--config`, else HOOKHUB_CONFIG)."""
     env = dict(os.environ if environ is None else environ)
-    config_path = Path(path or env.get("HOOKHUB_CONFIG") or DEFAULT_CONFIG_PATH)
+    file = config_path(path, env)
     try:
-        text = config_path.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{config_path}: file not found (set --config or HOOKHUB_CONFIG)") from None
+        raise ConfigError(f"{file}: file not found (set --config or HOOKHUB_CONFIG)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
-        raise ConfigError(f"{config_path}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{config_path}:{where}: not valid YAML: {problem}") from None
-    return parse_config(data, str(config_path), env)
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    return parse_config(load_yaml(text, str(file)), str(file), env)

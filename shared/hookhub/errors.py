@@ -43,12 +43,23 @@ class PayloadTooLarge(Rejection):
     status = 413
 
 
-class UnsupportedMediaType(Rejection):
-    status = 415
-
-
 class Unprocessable(Rejection):
     status = 422
+
+
+class InvalidEvent(Unprocessable):
+    """An event that is not a valid CloudEvent hookhub can carry; names the attribute at fault.
+
+    The message never quotes the value: it may be huge or hostile.
+    """
+
+    def __init__(self, attribute: str, problem: str) -> None:
+        super().__init__(
+            f"invalid event attribute {attribute!r}: {problem}",
+            detail={"attribute": attribute, "problem": problem},
+        )
+        self.attribute = attribute
+        self.problem = problem
 
 
 class Unavailable(Rejection):

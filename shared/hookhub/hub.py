@@ -8,70 +8,100 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
+from hookhub import logs
 from hookhub.broker import open_broker
-from hookhub.broker.base import Binding, Topology
-from hookhub.config import HubConfig, load_config, redact_url
-from hookhub.delivery import Deliverer
-from hookhub.dispatcher import Dispatcher
-from hookhub.fanout import FanOut
+from hookhub.broker.base import Binding, Broker, Topology
+from hookhub.clock import SYSTEM_CLOCK, Clock
+from hookhub.config import HubConfig, config_path, load_config, redact_url
+from hookhub.errors import ConfigError, Unavailable
+from hookhub.fanout.attempts import PARK_RECHECK_SECONDS, Attempts
+from hookhub.fanout.dispatcher import Dispatcher
+from hookhub.fanout.sender import Sender
+from hookhub.fanout.trigger import Trigger
 from hookhub.ingest import Ingestor
 from hookhub.metrics import Metrics
 from hookhub.providers import Provider, provider_class
+from hookhub.startup import log_startup
 from hookhub.store import StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
 
 class Hub:
-    def __init__(self, config: HubConfig) -> None:
+    def __init__(
+        self, config: HubConfig, *, broker: Broker | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.config = config
+        self.clock = clock
         self.metrics = Metrics()
         self.topology = Topology(config.namespace)
         self.providers: dict[str, Provider[Any]] = {
             name: provider_class(settings.kind)(name, settings) for name, settings in config.providers.items()
         }
         self.producer_tokens = {name: producer.token for name, producer in config.producers.items()}
-        self.broker = open_broker(config.broker, self.topology)
+        self.broker = broker or open_broker(config.broker, self.topology)
         self.store = open_store(config.store)
-        self.ingestor = Ingestor(self.broker, self.store, config.publish_timeout)
-        self.deliverer = Deliverer()
-        self.fanout = FanOut(self.store, self.deliverer, self.metrics)
+        self.ingestor = Ingestor(self.broker, self.store.claims, config.publish_timeout)
+        self.sender = Sender()
+        self.push = {name: sub for name, sub in config.subscriptions.items() if sub.mode == "push"}
+        self.queue_for = {name: self.topology.subscription_queue(name) for name in self.push}
+        self.trigger = Trigger(
+            config,
+            self.broker,
+            self.queue_for,
+            self.store.attempts,
+            self.store.subscriptions,
+            self._attempts(park_delay=PARK_RECHECK_SECONDS),
+        )
         self.dispatcher: Dispatcher | None = None
         self._store_ready = False
 
-    def bindings(self) -> list[Binding]:
-        """Each subscription's queue and the type patterns routed into it."""
-        return [
-            Binding(self.topology.subscription_queue(name), tuple(sub.types))
-            for name, sub in self.config.subscriptions.items()
-        ]
+    def _attempts(self, park_delay: float) -> Attempts:
+        return Attempts(
+            self.sender,
+            self.store.attempts,
+            self.store.subscriptions,
+            self.metrics,
+            park_delay=park_delay,
+            clock=self.clock,
+        )
 
-    def queue_for(self, subscription: str) -> str:
-        return self.topology.subscription_queue(subscription)
+    def bindings(self) -> list[Binding]:
+        """Each push subscription's queue and the type patterns routed into it."""
+        return [Binding(self.queue_for[name], tuple(sub.types)) for name, sub in self.push.items()]
 
     async def start(self, dispatch: bool = False) -> None:
         """Connect broker and store; with `dispatch`, also deliver every push subscription
         from this process (the local shape; on Knative the broker triggers `fanout` instead)."""
         await self.ensure_store()
         await self.broker.start(self.bindings())
+        for name, sub in self.config.subscriptions.items():
+            if sub.mode == "pull":
+                log.warning(
+                    "subscription %s is a pull subscription: the pull API is not served yet, so no "
+                    "queue is bound for it and no events are kept for it",
+                    name,
+                    extra={"subscription": name},
+                )
         if dispatch:
-            subs = self.config.subscriptions
             self.dispatcher = Dispatcher(
-                subs,
-                {name: self.queue_for(name) for name in subs},
+                self.push,
+                self.queue_for,
                 self.broker,
-                self.store,
-                self.fanout,
+                self.store.subscriptions,
+                self._attempts(park_delay=0.0),  # a parked subscription's worker stops consuming
                 self.metrics,
             )
             await self.dispatcher.start()
         log.info(
-            "hub started: broker %s, store %s, %d providers",
+            "hub started: broker %s, store %s, %d providers, %d subscriptions",
             redact_url(self.config.broker),
             redact_url(self.config.store),
             len(self.providers),
+            len(self.config.subscriptions),
         )
 
     async def ensure_store(self) -> bool:
@@ -100,36 +130,73 @@ class Hub:
             self.metrics.queue_depth.labels(queue).set(depth)
 
     async def close(self) -> None:
+        """Stop in dependency order: deliveries under way finish and settle before the broker
+        and store go away, so a normal stop neither loses nor repeats an event."""
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         await self.ingestor.drain()
-        await self.deliverer.close()
+        await self.sender.close()
         await self.broker.close()
         await self.store.close()
 
 
 _hub: Hub | None = None
 _hub_lock: asyncio.Lock | None = None
+_config_failure: str | None = None  # why the config could not load: logged once, then 503s
+
+
+def _configure_logging() -> None:
+    """functions-framework leaves the root logger bare: log as `hookhub run` does, with
+    HOOKHUB_LOG_LEVEL and HOOKHUB_LOG_FORMAT (text or json), unless the host set logging up."""
+    if logging.getLogger().handlers:
+        return
+    try:
+        logs.configure(
+            os.environ.get("HOOKHUB_LOG_LEVEL", "info"), os.environ.get("HOOKHUB_LOG_FORMAT", "text")
+        )
+    except ValueError as exc:
+        logs.configure("info", "text")
+        log.warning("%s; logging at info as text", exc)
 
 
 async def get_hub() -> Hub:
-    """The process-wide hub for functions-framework targets, started on first use."""
-    global _hub, _hub_lock
+    """The process-wide hub for functions-framework targets, started on first use.
+
+    A config that cannot load is logged once, as one line, and every request then gets a 503
+    (`Unavailable`): the process stays up, answers promptly and stops on SIGTERM.
+    """
+    global _hub, _hub_lock, _config_failure
     if _hub is not None:
         return _hub
+    if _config_failure is not None:
+        raise Unavailable(_config_failure, retry_after=60)
     if _hub_lock is None:
         _hub_lock = asyncio.Lock()
     async with _hub_lock:
-        if _hub is None:
-            hub = Hub(load_config())
-            await hub.start()
-            _hub = hub
+        if _hub is None and _config_failure is None:
+            _configure_logging()
+            path = config_path()
+            try:
+                config = load_config(path)
+            except ConfigError as exc:
+                _config_failure = "the hub's configuration cannot be loaded (see its log)"
+                log.error(
+                    "configuration cannot be loaded, answering 503: %s", "; ".join(str(exc).splitlines())
+                )
+            else:
+                log_startup(config, path, log)
+                hub = Hub(config)
+                await hub.start()
+                _hub = hub
+    if _hub is None:
+        raise Unavailable(_config_failure or "the hub is not started", retry_after=60)
     return _hub
 
 
 async def close_hub() -> None:
-    """Stop the process-wide hub (tests, and servers that own their shutdown)."""
-    global _hub, _hub_lock
-    hub, _hub, _hub_lock = _hub, None, None
+    """Stop the process-wide hub (tests, and servers that own their shutdown); forgets a
+    config failure too, so the next `get_hub` loads the config again."""
+    global _hub, _hub_lock, _config_failure
+    hub, _hub, _hub_lock, _config_failure = _hub, None, None, None
     if hub is not None:
         await hub.close()

@@ -1,9 +1,16 @@
-"""Prometheus metrics, one registry per hub so that tests and embedded hubs never share counts."""
+"""Prometheus metrics, one registry per hub so that tests and embedded hubs never share counts.
+
+Every label value comes from the configuration (provider, producer and subscription names) or
+from a fixed set (outcomes, queues of the topology): a client must never be able to mint a new
+time series, say by POSTing to `/webhooks/<anything>`. Names the configuration does not know are
+counted under UNKNOWN_LABEL.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+UNKNOWN_LABEL = "unknown"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -12,8 +19,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.ingested = Counter(
             "hookhub_ingested_events",
-            "Inbound events by provider (or producer) and outcome",
-            ["provider", "outcome"],
+            "Inbound requests by provider (or producer) and result (accepted, duplicate, or why refused)",
+            ["provider", "result"],
             registry=self.registry,
         )
         self.ingest_latency = Histogram(
@@ -25,8 +32,8 @@ class Metrics:
         )
         self.deliveries = Counter(
             "hookhub_deliveries",
-            "Delivery attempts by subscription and outcome (delivered, retry, dead, disabled)",
-            ["subscription", "outcome"],
+            "Delivery attempts by subscription and verdict (delivered, retry, dead, parked)",
+            ["subscription", "verdict"],
             registry=self.registry,
         )
         self.delivery_latency = Histogram(

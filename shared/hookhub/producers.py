@@ -2,7 +2,9 @@
 
 Parsed with pydantic rather than the cloudevents SDK's `from_http`: the SDK decodes a JSON body
 into Python objects (so the data would not travel byte for byte), has no batch mode, and
-reports a missing `ce-id` as a missing specversion. Here a missing attribute is named.
+reports a missing `ce-id` as a missing specversion. Here a missing attribute is named (400), and
+`Event` itself refuses (422) any attribute hookhub could not carry: blank, oversized, control
+characters, or an extension whose name breaks the CloudEvents naming rule or shadows a core one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Literal
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 
-from hookhub.errors import BadRequest, Unauthorized
+from hookhub.errors import BadRequest, InvalidEvent, Unauthorized
 from hookhub.events import Event, utc_now_iso
 
 STRUCTURED = "application/cloudevents+json"
@@ -46,8 +48,10 @@ class StructuredEvent(BaseModel):
         if self.data_base64 is not None:
             try:
                 data = base64.b64decode(self.data_base64, validate=True)
-            except binascii.Error:
-                raise BadRequest(f"event {self.id}: data_base64 is not valid base64") from None
+            except (binascii.Error, ValueError):  # ValueError: non-ASCII characters
+                raise BadRequest(
+                    "data_base64 is not valid base64", detail={"attribute": "data_base64"}
+                ) from None
             content_type = self.datacontenttype
         elif self.data is None:
             data, content_type = b"", self.datacontenttype
@@ -102,7 +106,12 @@ def parse_events(body: bytes, headers: Mapping[str, str]) -> tuple[list[Event], 
         if not items:
             raise BadRequest("empty batch")
         received = utc_now_iso()  # one clock read per batch, not per event
-        events = [item.to_event(correlation, received) for item in items]
+        events = []
+        for index, item in enumerate(items):
+            try:
+                events.append(item.to_event(correlation, received))
+            except InvalidEvent as exc:
+                raise InvalidEvent(f"[{index}].{exc.attribute}", exc.problem) from None
         _check_sources(events)
         return events, True
     if content_type == STRUCTURED:
@@ -178,4 +187,4 @@ def _extension_value(name: str, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str | int):
         return str(value)
-    raise BadRequest(f"extension attribute {name!r} must be a string, integer or boolean")
+    raise BadRequest(f"extension attribute {name[:40]!r} must be a string, integer or boolean")

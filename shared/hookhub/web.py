@@ -1,45 +1,85 @@
 """HTTP handlers and the all-in-one ASGI app that `hookhub run` serves.
 
 The handlers take a Starlette `Request` and return a `Response`, which is exactly the contract
-of a functions-framework `--asgi` target, so `functions/` reuse them unchanged.
+of a functions-framework `--asgi` target, so `functions/` reuse them unchanged. The bounds on
+slow, oversized or abandoned requests live here too (`read_body`, `serve_function`, and
+`BoundedHttpToolsProtocol` for `hookhub run`), so they hold under both servers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import unquote
 
+import httptools
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from hookhub.broker.base import BrokerUnavailable
 from hookhub.config import HubConfig
-from hookhub.delivery import delivery_id
 from hookhub.errors import BadRequest, NotFound, PayloadTooLarge, Rejection, Unavailable
 from hookhub.events import Event
+from hookhub.fanout.sender import delivery_id
 from hookhub.hub import Hub
-from hookhub.ingest import Outcome
+from hookhub.ingest import IngestResult
+from hookhub.metrics import UNKNOWN_LABEL
 from hookhub.producers import authenticate, parse_events
 from hookhub.providers import InboundRequest
-from hookhub.store.base import StoreUnavailable, SubscriptionState
+from hookhub.store.base import StoreUnavailable
 
-PARKED_RECHECK_SECONDS = 60.0  # a paused subscription's event comes back to the function this often
+MAX_HEADER_BYTES = 32 * 1024  # request target and headers; webhook senders stay far below this
+HEADER_TIMEOUT_SECONDS = 10.0  # from connection (or a request's first byte) to its last header
+BODY_TIMEOUT_SECONDS = 30.0  # from the handler's first read to the body's last byte
 
 OUTCOME_LABELS = {
     400: "invalid",
     401: "unauthorized",
     404: "unknown_provider",
+    408: "timeout",
     413: "too_large",
     415: "invalid",
     422: "invalid",
+    431: "headers_too_large",
+    499: "disconnected",
     503: "unavailable",
 }
+_WARN_STATUSES = frozenset({401, 503})  # wrong secrets and our own outages need an operator's eye
+_MAX_LOGGED_CHARS = 200  # of any client-supplied string in a log line
+
+log = logging.getLogger("hookhub.http")
+
+
+class RequestTimeout(Rejection):
+    """The body did not arrive in time; the connection is closed rather than kept waiting."""
+
+    status = 408
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class HeadersTooLarge(Rejection):
+    status = 431
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class ClientGone(Rejection):
+    """The client hung up mid-body: no one reads the answer (nginx's 499)."""
+
+    status = 499
 
 
 def json_response(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
@@ -53,27 +93,130 @@ def rejection_response(exc: Rejection) -> Response:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it is known to exceed `limit` bytes."""
+    """The whole body, refusing as soon as it is known to exceed `limit` bytes (413), when it
+    takes longer than BODY_TIMEOUT_SECONDS (408), or when the client hangs up (499)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body larger than {limit} bytes")
+        raise PayloadTooLarge(f"body larger than {limit} bytes", headers={"Connection": "close"})
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body larger than {limit} bytes")
-        chunks.append(chunk)
+    watch = _BodyDeadlines.of_running_loop()
+    task = watch.start()
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body larger than {limit} bytes", headers={"Connection": "close"})
+            chunks.append(chunk)
+    except asyncio.CancelledError:
+        if not watch.expired(task):
+            raise
+        raise RequestTimeout(f"body not received within {BODY_TIMEOUT_SECONDS:g}s") from None
+    except ClientDisconnect:
+        raise ClientGone(f"client disconnected after {size} body bytes") from None
+    finally:
+        watch.stop(task)
     return b"".join(chunks)
+
+
+class _BodyDeadlines:
+    """Body read deadlines for one event loop, checked by one timer every fraction of the
+    timeout: a timer per request (`asyncio.timeout`) would cost every webhook several µs,
+    where this costs a dict insert and delete. A read is cancelled up to a quarter late."""
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _BodyDeadlines] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._reading: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of_running_loop(cls) -> _BodyDeadlines:
+        loop = asyncio.get_running_loop()
+        watch = cls._by_loop.get(loop)
+        if watch is None:
+            watch = cls._by_loop[loop] = cls(loop)
+        return watch
+
+    def start(self) -> asyncio.Task[Any]:
+        task = asyncio.current_task(self._loop)
+        assert task is not None  # read_body runs in a request's task
+        self._reading[task] = self._loop.time() + BODY_TIMEOUT_SECONDS
+        if self._timer is None:
+            self._timer = self._loop.call_later(BODY_TIMEOUT_SECONDS / 4, self._sweep)
+        return task
+
+    def stop(self, task: asyncio.Task[Any]) -> None:
+        self._reading.pop(task, None)
+
+    def expired(self, task: asyncio.Task[Any]) -> bool:
+        """Whether this watch cancelled `task`; if so, the cancellation is withdrawn."""
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        task.uncancel()
+        return True
+
+    def _sweep(self) -> None:
+        now = self._loop.time()
+        for task, deadline in list(self._reading.items()):
+            if deadline <= now:
+                del self._reading[task]
+                self._expired.add(task)
+                task.cancel()
+        self._timer = self._loop.call_later(BODY_TIMEOUT_SECONDS / 4, self._sweep) if self._reading else None
+
+
+def header_bytes(request: Request) -> int:
+    """Bytes of request target and headers, as the client sent them (give or take separators)."""
+    scope = request.scope
+    return (
+        len(scope["raw_path"] or b"")
+        + len(scope["query_string"])
+        + sum(len(name) + len(value) for name, value in scope["headers"])
+    )
+
+
+def log_rejection(
+    exc: Rejection,
+    request: Request,
+    *,
+    provider: str | None = None,
+    producer: str | None = None,
+    events: list[Event] | None = None,
+) -> None:
+    """The one line an operator gets per refused request: status, who, why, which event.
+    Rejection messages never carry secrets (see errors.py); headers are never logged."""
+    fields: dict[str, Any] = {"status": exc.status, "reason": exc.message[:_MAX_LOGGED_CHARS]}
+    if provider is not None:
+        fields["provider"] = provider[:_MAX_LOGGED_CHARS]
+    if producer is not None:
+        fields["producer"] = producer
+    if events:
+        fields["event_id"] = events[0].id if len(events) == 1 else f"{len(events)} events"
+        fields["correlation_id"] = events[0].correlationid
+    elif correlation := request.headers.get("x-correlation-id"):
+        fields["correlation_id"] = correlation[:_MAX_LOGGED_CHARS]
+    if request.client is not None:
+        fields["client"] = request.client.host
+    log.log(
+        logging.WARNING if exc.status in _WARN_STATUSES else logging.INFO, "request rejected", extra=fields
+    )
 
 
 async def handle_webhook(hub: Hub, provider_name: str, request: Request) -> Response:
     """A provider's webhook: verify, validate, publish durably, then answer."""
     started = time.perf_counter()
+    label = provider_name if provider_name in hub.providers else UNKNOWN_LABEL  # bounded by config
+    event: Event | None = None
     try:
         provider = hub.providers.get(provider_name)
         if provider is None:
-            raise NotFound(f"unknown provider {provider_name!r}")
+            raise NotFound(f"unknown provider {provider_name[:_MAX_LOGGED_CHARS]!r}")
         limit = provider.settings.max_body_bytes or hub.config.max_body_bytes
         inbound = InboundRequest(
             body=await read_body(request, limit),
@@ -89,10 +232,11 @@ async def handle_webhook(hub: Hub, provider_name: str, request: Request) -> Resp
         event = provider.to_event(inbound)
         (outcome,) = await hub.ingestor.ingest([event], origin=provider_name)
     except Rejection as exc:
-        hub.metrics.ingested.labels(provider_name, OUTCOME_LABELS.get(exc.status, "rejected")).inc()
+        hub.metrics.ingested.labels(label, OUTCOME_LABELS.get(exc.status, "rejected")).inc()
+        log_rejection(exc, request, provider=provider_name, events=[event] if event else None)
         return rejection_response(exc)
     hub.metrics.ingested.labels(provider_name, outcome.value).inc()
-    if outcome is Outcome.DUPLICATE:
+    if outcome is IngestResult.DUPLICATE:
         return json_response({"id": event.id, "status": "duplicate"}, 200)
     hub.metrics.ingest_latency.labels(provider_name).observe(time.perf_counter() - started)
     return json_response({"id": event.id, "status": "accepted"}, 202)
@@ -100,17 +244,21 @@ async def handle_webhook(hub: Hub, provider_name: str, request: Request) -> Resp
 
 async def handle_events(hub: Hub, request: Request) -> Response:
     """The producer API: CloudEvents from internal systems, single or batch (all-or-nothing)."""
-    producer = "producer"
+    producer: str | None = None  # a configured producer's name once its token matched
+    events: list[Event] = []
     try:
         producer = authenticate(request.headers.get("authorization"), hub.producer_tokens)
         body = await read_body(request, hub.config.max_body_bytes)
         events, batch = parse_events(body, request.headers)
         outcomes = await hub.ingestor.ingest(events, origin=producer)
     except Rejection as exc:
-        hub.metrics.ingested.labels(producer, OUTCOME_LABELS.get(exc.status, "rejected")).inc()
+        hub.metrics.ingested.labels(
+            producer or UNKNOWN_LABEL, OUTCOME_LABELS.get(exc.status, "rejected")
+        ).inc()
+        log_rejection(exc, request, producer=producer, events=events)
         return rejection_response(exc)
-    accepted = [e.id for e, o in zip(events, outcomes, strict=True) if o is Outcome.ACCEPTED]
-    duplicates = [e.id for e, o in zip(events, outcomes, strict=True) if o is Outcome.DUPLICATE]
+    accepted = [e.id for e, o in zip(events, outcomes, strict=True) if o is IngestResult.ACCEPTED]
+    duplicates = [e.id for e, o in zip(events, outcomes, strict=True) if o is IngestResult.DUPLICATE]
     if accepted:
         hub.metrics.ingested.labels(producer, "accepted").inc(len(accepted))
     if duplicates:
@@ -126,47 +274,31 @@ async def handle_events(hub: Hub, request: Request) -> Response:
 
 async def handle_fanout(hub: Hub, request: Request) -> Response:
     """Knative's trigger for one subscription: `POST /<subscription>` with one binary-mode
-    CloudEvent (from the subscription's RabbitmqSource), or `/<subscription>/dead-letter` from
-    the source's dead-letter sink. 2xx means the outcome is durable (the source acks); 5xx asks
-    the source to redeliver (our store or broker is in trouble)."""
+    CloudEvent from the subscription's RabbitmqSource. 2xx means the outcome is durable (the
+    source acks); 503 asks the source to redeliver (our store or broker is in trouble)."""
     parts = [p for p in request.url.path.split("/") if p]
     name = os.environ.get("HOOKHUB_SUBSCRIPTION") or (parts[0] if parts else "")
-    sub = hub.config.subscriptions.get(name)
-    if sub is None or sub.mode != "push":
+    if not hub.trigger.knows(name):
         return rejection_response(NotFound(f"unknown push subscription {name!r}"))
     try:
         event = triggered_event(await read_body(request, hub.config.max_body_bytes), request.headers)
-        if parts[-1:] == ["dead-letter"]:
-            await hub.fanout.record_dead_letter(name, event, 0, "the event source gave up redelivering it")
-            return json_response({"outcome": "dead"}, 200)
-        queue = hub.queue_for(name)
-        states = await hub.store.subscription_states()
-        if states.get(name, SubscriptionState.ACTIVE) is not SubscriptionState.ACTIVE:
-            # paused or disabled: park the event on the broker; it comes back after a while
-            await hub.broker.schedule(queue, event, attempt=1, delay=PARKED_RECHECK_SECONDS)
-            return json_response({"outcome": "parked"}, 200)
-        attempt = await hub.store.attempt_count(delivery_id(name, event)) + 1
-        outcome = await hub.fanout.attempt(name, sub, event, attempt)
-        decision = outcome.decision
-        if decision.outcome == "retry":
-            await hub.broker.schedule(queue, event, attempt=attempt + 1, delay=decision.delay or 0.0)
-        elif decision.outcome == "disabled":
-            await hub.broker.schedule(queue, event, attempt=attempt, delay=PARKED_RECHECK_SECONDS)
+        step = await hub.trigger.handle(name, event)
     except Rejection as exc:
         return rejection_response(exc)
     except (StoreUnavailable, BrokerUnavailable) as exc:
         return rejection_response(Unavailable(f"outcome not durable: {type(exc).__name__}"))
     return json_response(
-        {"outcome": decision.outcome, "attempt": attempt, "delivery_id": outcome.delivery_id}, 200
+        {"verdict": step.verdict.value, "attempt": step.attempt, "delivery_id": delivery_id(name, event)}, 200
     )
 
 
 def triggered_event(body: bytes, headers: Any) -> Event:
-    """The binary-mode CloudEvent an event source POSTs to a function."""
+    """The binary-mode CloudEvent an event source POSTs to a function (header values are
+    percent-decoded, as the CloudEvents HTTP binding asks of receivers)."""
     missing = [h for h in ("ce-id", "ce-source", "ce-type") if not headers.get(h)]
     if missing:
         raise BadRequest(f"missing CloudEvent headers: {', '.join(missing)}")
-    attrs = {k[3:]: v for k, v in headers.items() if k.startswith("ce-")}
+    attrs = {k[3:]: unquote(v) for k, v in headers.items() if k.startswith("ce-") and k != "ce-specversion"}
     if headers.get("content-type"):
         attrs["datacontenttype"] = headers["content-type"]
     return Event.from_attributes(attrs, body)
@@ -237,9 +369,14 @@ async def serve_function(request: Request, handler: Any) -> Response:
     """
     from hookhub.hub import get_hub
 
+    if header_bytes(request) > MAX_HEADER_BYTES:  # under `hookhub run` the protocol refuses first
+        exc: Rejection = HeadersTooLarge(f"request headers larger than {MAX_HEADER_BYTES} bytes")
+        log_rejection(exc, request)
+        return rejection_response(exc)
     try:
         hub = await get_hub()
     except Unavailable as exc:
+        log_rejection(exc, request)
         return rejection_response(exc)
     if request.method == "GET":
         probe = _PROBES.get(request.url.path)
@@ -249,3 +386,119 @@ async def serve_function(request: Request, handler: Any) -> Response:
 
 
 _PROBES = {"/healthz": handle_healthz, "/readyz": handle_readyz, "/metrics": handle_metrics}
+
+
+class _HeaderLimit(Exception):
+    """Raised from a parser callback to stop parsing a request whose headers are too large."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the two bounds it lacks: headers larger than
+    MAX_HEADER_BYTES get a 431, and a request whose headers are not all in within
+    HEADER_TIMEOUT_SECONDS gets a 408 (a silent close if it sent nothing); both close the
+    connection. The application never sees such requests, so this runs before any handler.
+
+    httptools buffers a header's value until it is complete, so the callbacks alone would
+    bound nothing: raw bytes received while still in the headers are counted too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_headers = True  # the connection opens waiting for a request line
+        self._began = False  # a byte of the current request arrived
+        self._parsed_bytes = 0  # request target, header names and values, as parsed
+        self._raw_bytes = 0  # whole reads that arrived while the headers were incomplete
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self._headers_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers, self._began, self._parsed_bytes, self._raw_bytes = True, True, 0, 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = self._began = False
+        self._stop_header_timer()
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, except that headers over the limit get a 431 rather than its 400."""
+        if self.transport.is_closing():
+            return
+        counting = self._in_headers  # a read's bytes are all header bytes only if it began in them
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeaderLimit):
+                self._refuse_large_headers()
+            else:
+                self._refuse(400, "Bad Request", "invalid HTTP request")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if not self._in_headers:
+            return
+        if counting:
+            self._raw_bytes += len(data)
+            if self._raw_bytes > MAX_HEADER_BYTES:
+                self._refuse_large_headers()
+                return
+        if self._header_timer is None:  # headers split over reads: only now is a timer worth its cost
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self._headers_timed_out)
+
+    def _refuse_large_headers(self) -> None:
+        self._refuse(431, "Request Header Fields Too Large", f"headers larger than {MAX_HEADER_BYTES} bytes")
+
+    def _count(self, size: int) -> None:
+        self._parsed_bytes += size
+        if self._parsed_bytes > MAX_HEADER_BYTES:
+            raise _HeaderLimit
+
+    def _headers_timed_out(self) -> None:
+        self._header_timer = None
+        if not self._in_headers or self.transport.is_closing():
+            return
+        if self._began or self._raw_bytes:
+            self._refuse(408, "Request Timeout", f"headers not received within {HEADER_TIMEOUT_SECONDS:g}s")
+        else:
+            self.transport.close()  # a connection opened and never used: nothing to answer
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _refuse(self, status: int, phrase: str, reason: str) -> None:
+        self._stop_header_timer()
+        body = json.dumps({"error": reason}).encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, phrase.encode(), len(body), body)
+        )
+        self.transport.close()
+        client = {"client": self.client[0]} if self.client else {}
+        log.info("request rejected", extra={"status": status, "reason": reason, **client})
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """What `hookhub run` passes to `uvicorn.run`: the bounded protocol (instead of
+    `http="httptools"`), and uvicorn's loggers left to `hookhub.logs.configure`."""
+    return {"http": BoundedHttpToolsProtocol, "log_config": None, "timeout_keep_alive": 5}

@@ -1,21 +1,24 @@
-"""The consume side of the Broker contract, against the embedded SQLite broker and RabbitMQ alike.
+"""The consume side of the Broker contract, against the in-memory, SQLite and RabbitMQ brokers alike.
 
-What the fan-out dispatcher relies on: a delivery stays with its consumer until settled with exactly
-one of ack / retry / release; a retry comes back with the next attempt number, never before its
-delay; at most `prefetch` deliveries are unsettled at once; one stalled queue never holds up
-another; and whatever a consumer leaves unsettled (cancel, crash) is handed out again.
+What the fan-out dispatcher relies on: a lease stays with its consumer until settled with exactly
+one of ack / retry / release, however long that takes; a retry comes back with the next attempt
+number, never before its delay; at most `prefetch` leases are unsettled at once; one stalled queue
+never holds up another; whatever a consumer leaves unsettled (cancel, crash) is handed out again;
+and a message that is not an event goes to the dead queue, never to a handler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from hookhub.broker import Binding, Broker
-from hookhub.broker.base import Delivery
+from hookhub.broker.base import Lease
 from hookhub.events import Event
 
 from ._support import Harness
@@ -34,24 +37,24 @@ def make_event(i: int = 0, type_: str = "com.test.thing.created") -> Event:
 
 
 class Inbox:
-    """A handler that hands every delivery to the test, which settles it (the hand-off pattern a
+    """A handler that hands every lease to the test, which settles it (the hand-off pattern a
     pull subscription uses: returning from the handler does not settle)."""
 
     def __init__(self) -> None:
-        self.deliveries: asyncio.Queue[tuple[float, Delivery]] = asyncio.Queue()
+        self.leases: asyncio.Queue[tuple[float, Lease]] = asyncio.Queue()
 
-    async def __call__(self, delivery: Delivery) -> None:
-        self.deliveries.put_nowait((time.monotonic(), delivery))
+    async def __call__(self, lease: Lease) -> None:
+        self.leases.put_nowait((time.monotonic(), lease))
 
-    async def get(self, timeout: float = 5.0) -> Delivery:
+    async def get(self, timeout: float = 5.0) -> Lease:
         return (await self.get_timed(timeout))[1]
 
-    async def get_timed(self, timeout: float = 5.0) -> tuple[float, Delivery]:
-        return await asyncio.wait_for(self.deliveries.get(), timeout)
+    async def get_timed(self, timeout: float = 5.0) -> tuple[float, Lease]:
+        return await asyncio.wait_for(self.leases.get(), timeout)
 
     async def nothing_within(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
-        assert self.deliveries.empty(), self.deliveries.get_nowait()
+        assert self.leases.empty(), self.leases.get_nowait()
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
@@ -85,14 +88,14 @@ async def test_publish_consume_ack_removes_the_message(harness: Harness):
     event = make_event(1, "com.crm.invoice.paid")
 
     await broker.publish([event])
-    delivery = await inbox.get()
+    lease = await inbox.get()
 
-    assert delivery.event == event  # headers and body rebuild the same CloudEvent
-    assert (delivery.queue, delivery.attempt, delivery.redelivered) == (queue, 1, False)
-    await broker.ack(delivery)
+    assert lease.event == event  # headers and body rebuild the same CloudEvent
+    assert (lease.queue, lease.attempt, lease.redelivered) == (queue, 1, False)
+    await broker.ack(lease)
     await depth_is(broker, queue, 0)
-    await broker.ack(delivery)  # a second settle is a harmless no-op
-    await broker.release(delivery)
+    await broker.ack(lease)  # a second settle is a harmless no-op
+    await broker.release(lease)
     await inbox.nothing_within(0.3)
 
 
@@ -154,8 +157,8 @@ async def test_schedule_enqueues_into_a_queue_with_a_delay_and_an_attempt(harnes
     assert first_at - scheduled_at < 0.5
     assert (second.event, second.attempt) == (later, 3)
     assert second_at - scheduled_at >= 0.6
-    for delivery in (first, second):
-        await broker.ack(delivery)
+    for lease in (first, second):
+        await broker.ack(lease)
     await depth_is(broker, queue, 0)
 
 
@@ -164,14 +167,14 @@ async def test_never_more_than_prefetch_unsettled(harness: Harness):
     gate = asyncio.Event()
     active = peak = done = 0
 
-    async def handler(delivery: Delivery) -> None:
+    async def handler(lease: Lease) -> None:
         nonlocal active, peak, done
         active += 1
         peak = max(peak, active)
         await gate.wait()
         await asyncio.sleep(0.01)
         active -= 1
-        await broker.ack(delivery)
+        await broker.ack(lease)
         done += 1
 
     await broker.publish([make_event(i, "com.crm.x") for i in range(12)])
@@ -193,15 +196,15 @@ async def test_a_stalled_queue_does_not_delay_another(harness: Harness):
     broker, [slow_queue, fast_queue] = await started(harness, "slow", "fast")
     stalled = asyncio.Event()
 
-    async def stall(delivery: Delivery) -> None:
+    async def stall(lease: Lease) -> None:
         stalled.set()
         await asyncio.Event().wait()  # never settles
 
     fast = Inbox()
 
-    async def ack_fast(delivery: Delivery) -> None:
-        await fast(delivery)
-        await broker.ack(delivery)
+    async def ack_fast(lease: Lease) -> None:
+        await fast(lease)
+        await broker.ack(lease)
 
     await broker.consume(slow_queue, stall, prefetch=1, lease=30)
     await broker.consume(fast_queue, ack_fast, prefetch=1, lease=30)
@@ -234,8 +237,8 @@ async def test_cancel_puts_unsettled_deliveries_back(harness: Harness):
     assert set(got) == {"evt-0", "evt-1", "evt-2"}
     assert got[first.event.id].redelivered and got[second.event.id].redelivered
     assert all(d.attempt == 1 for d in got.values())
-    for delivery in got.values():
-        await broker.ack(delivery)
+    for lease in got.values():
+        await broker.ack(lease)
     await depth_is(broker, queue, 0)
 
 
@@ -243,10 +246,10 @@ async def test_cancel_with_grace_lets_running_handlers_settle(harness: Harness):
     broker, [queue] = await started(harness, "crm")
     began = asyncio.Event()
 
-    async def slow_ack(delivery: Delivery) -> None:
+    async def slow_ack(lease: Lease) -> None:
         began.set()
         await asyncio.sleep(0.3)
-        await broker.ack(delivery)
+        await broker.ack(lease)
 
     consumer = await broker.consume(queue, slow_ack, prefetch=4, lease=30)
     await broker.publish([make_event(1, "com.crm.x")])
@@ -260,15 +263,15 @@ async def test_cancel_with_grace_lets_running_handlers_settle(harness: Harness):
     await again.nothing_within(0.3)
 
 
-async def test_a_handler_that_raises_gets_its_delivery_released(harness: Harness, caplog):
+async def test_a_handler_that_raises_gets_its_lease_released(harness: Harness, caplog):
     broker, [queue] = await started(harness, "crm")
-    seen: list[Delivery] = []
+    seen: list[Lease] = []
 
-    async def flaky(delivery: Delivery) -> None:
-        seen.append(delivery)
+    async def flaky(lease: Lease) -> None:
+        seen.append(lease)
         if len(seen) == 1:
             raise RuntimeError("boom")
-        await broker.ack(delivery)
+        await broker.ack(lease)
 
     await broker.consume(queue, flaky, prefetch=1, lease=30)
     await broker.publish([make_event(1, "com.crm.x")])
@@ -282,16 +285,15 @@ async def test_a_handler_that_raises_gets_its_delivery_released(harness: Harness
     await depth_is(broker, queue, 0)
 
 
-async def test_unsettled_deliveries_of_a_closed_broker_come_back(harness: Harness):
-    """Crash-like: the broker goes away with a delivery unsettled (RabbitMQ: its connection closes;
-    SQLite: its lease is given up); a consumer elsewhere gets it, marked redelivered."""
-    crashed, [queue] = await started(harness, "crm")
+async def test_unsettled_leases_of_a_closed_broker_come_back(harness: Harness):
+    """`close` gives back what its consumers hold; a consumer elsewhere gets it, marked redelivered."""
+    closed, [queue] = await started(harness, "crm")
     held = Inbox()
-    await crashed.consume(queue, held, prefetch=1, lease=0.5)
-    await crashed.publish([make_event(1, "com.crm.x")])
+    await closed.consume(queue, held, prefetch=1, lease=30)
+    await closed.publish([make_event(1, "com.crm.x")])
     lost = await held.get()
 
-    await crashed.close()
+    await closed.close()
 
     survivor = harness.broker()
     await survivor.start([Binding(queue, ("com.crm.#",))])
@@ -304,9 +306,133 @@ async def test_unsettled_deliveries_of_a_closed_broker_come_back(harness: Harnes
     await depth_is(survivor, queue, 0)
 
 
-async def test_settling_a_delivery_of_another_broker_kind_is_refused(harness: Harness):
+async def test_a_lease_held_far_longer_than_lease_is_not_handed_out_again(harness: Harness):
+    """The holder waits (a rate limit, a free slot) three times `lease`: nobody else gets the
+    message meanwhile, and its ack still counts."""
+    holder, [queue] = await started(harness, "crm")
+    held = Inbox()
+    await holder.consume(queue, held, prefetch=4, lease=0.6)
+    await holder.publish([make_event(i, "com.crm.x") for i in range(3)])
+    leases = [await held.get() for _ in range(3)]
+    other_process = harness.broker()
+    await other_process.start([Binding(queue, ("com.crm.#",))])
+    other = Inbox()
+    await other_process.consume(queue, other, prefetch=4, lease=0.6)
+
+    await asyncio.sleep(1.8)
+
+    await other.nothing_within(0)
+    await held.nothing_within(0)
+    for lease in leases:
+        await holder.ack(lease)
+    await depth_is(holder, queue, 0)
+    await other.nothing_within(0.7)
+
+
+async def test_the_lease_of_a_dead_process_comes_back_after_lease(harness: Harness):
+    """A killed process neither settles nor renews: its lease runs out and the message is handed
+    out again, redelivered, same attempt (RabbitMQ: at once, when the connection closes)."""
+    dying, [queue] = await started(harness, "crm")
+    held = Inbox()
+    await dying.consume(queue, held, prefetch=1, lease=1.0)
+    survivor = harness.broker()
+    await survivor.start([Binding(queue, ("com.crm.#",))])
+    await dying.publish([make_event(1, "com.crm.x")])
+    lost = await held.get()
+    await asyncio.sleep(0.5)  # a renewal or two happened
+
+    died_at = time.monotonic()
+    await harness.crash(dying)
+    inbox = Inbox()
+    await survivor.consume(queue, inbox, prefetch=1, lease=30)
+    arrived_at, again = await inbox.get_timed(timeout=5)
+
+    assert again.event == lost.event
+    assert (again.attempt, again.redelivered) == (1, True)
+    if harness.kind != "rabbitmq":
+        assert arrived_at - died_at >= 0.5, "handed out while the lease could still be held"
+    assert arrived_at - died_at < 2.0
+    await survivor.ack(again)
+    await depth_is(survivor, queue, 0)
+
+
+async def test_cancel_with_grace_cancels_a_handler_that_overruns_and_releases_its_message(harness: Harness):
     broker, [queue] = await started(harness, "crm")
-    foreign = Delivery(make_event(1), queue, 1, False, receipt=object())
+    began = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def too_slow(lease: Lease) -> None:
+        began.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        await broker.ack(lease)
+
+    consumer = await broker.consume(queue, too_slow, prefetch=4, lease=30)
+    await broker.publish([make_event(1, "com.crm.x")])
+    await asyncio.wait_for(began.wait(), 5)
+
+    stopped_at = time.monotonic()
+    await consumer.cancel(grace=0.3)
+
+    assert 0.3 <= time.monotonic() - stopped_at < 2
+    assert cancelled.is_set()
+    again = Inbox()
+    await broker.consume(queue, again, prefetch=4, lease=30)
+    lease = await again.get()
+    assert (lease.event.id, lease.attempt, lease.redelivered) == ("evt-1", 1, True)
+    await broker.ack(lease)
+    await depth_is(broker, queue, 0)
+
+
+POISON: dict[str, tuple[dict[str, Any], bytes]] = {
+    "missing type": ({"ce-specversion": "1.0", "ce-id": "p-1", "ce-source": "/s"}, b"{}"),
+    "blank id": ({"ce-specversion": "1.0", "ce-id": "  ", "ce-source": "/s", "ce-type": "com.crm.x"}, b"{}"),
+    "number source": (
+        {"ce-specversion": "1.0", "ce-id": "p-3", "ce-source": 42, "ce-type": "com.crm.x"},
+        b"x",
+    ),
+    "not utf-8": (
+        {"ce-specversion": "1.0", "ce-id": "p-4", "ce-source": "/s", "ce-type": b"com.\xff\xfe"},
+        b"\xff",
+    ),
+    "bad time": ({"ce-id": "p-5", "ce-source": "/s", "ce-type": "com.crm.x", "ce-time": "yesterday"}, b""),
+}
+
+
+@pytest.mark.parametrize("case", list(POISON))
+async def test_a_message_that_is_not_an_event_goes_to_the_dead_queue(harness: Harness, case: str, caplog):
+    headers, body = POISON[case]
+    broker, [queue] = await started(harness, "crm")
+    await harness.inject(queue, headers, body)
+    good = make_event(1, "com.crm.x")
+    await broker.publish([good])
+    inbox = Inbox()
+
+    with caplog.at_level(logging.WARNING):
+        await broker.consume(queue, inbox, prefetch=4, lease=0.5)
+        lease = await inbox.get()
+        assert lease.event == good  # the poison one before it never reached the handler
+        await broker.ack(lease)
+        await depth_is(broker, queue, 0)
+        await inbox.nothing_within(1.0)  # never looped back (two lease times)
+
+    [dead] = await harness.read(harness.topology.dead_queue)
+    assert (dead.headers, dead.body) == (headers, body)
+    assert dead.reason
+    warnings = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING and harness.topology.dead_queue in r.getMessage()
+    ]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+async def test_settling_a_lease_of_another_broker_kind_is_refused(harness: Harness):
+    broker, [queue] = await started(harness, "crm")
+    foreign = Lease(make_event(1), queue, 1, False, receipt=object())
     with pytest.raises(TypeError):
         await broker.ack(foreign)
 

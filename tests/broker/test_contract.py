@@ -1,13 +1,15 @@
-"""The Broker contract, run against the embedded SQLite broker and RabbitMQ alike.
+"""The Broker contract, run against the in-memory, SQLite and RabbitMQ brokers alike.
 
 What ingest relies on: a confirmed publish is in every matching durable queue with the event's
 attributes as headers and its data untouched; an unmatched event is kept in the unrouted queue;
-a broker that is down makes publish fail fast instead of hanging a request.
+a broker that is down makes publish fail fast instead of hanging a request; the bindings given
+to `start` are the complete set, and a removed subscription's messages are kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -230,13 +232,15 @@ async def test_queue_depths_count_waiting_messages(harness: Harness):
     await broker.publish([make_event(i) for i in range(3)] + [make_event(9, "org.unmatched")])
 
     expected = {a: 3, b: 0, harness.topology.unrouted_queue: 1}
-    depths: dict[str, int] = {}
+    got: dict[str, int | None] = {}
     for _ in range(50):  # RabbitMQ's counters may trail a confirm by a moment
         depths = await broker.queue_depths()
-        if depths == expected:
+        got = {queue: depths.get(queue) for queue in expected}
+        if got == expected:
             break
         await asyncio.sleep(0.1)
-    assert depths == expected
+    assert got == expected
+    assert depths.get(harness.topology.dead_queue, 0) == 0
 
 
 async def test_restart_with_same_topology_is_idempotent(harness: Harness):
@@ -254,18 +258,66 @@ async def test_restart_with_same_topology_is_idempotent(harness: Harness):
     assert [m.message_id for m in await harness.read(queue)] == ["evt-1", "evt-2"]
 
 
-async def test_publish_rejects_a_routing_key_amqp_cannot_carry(harness: Harness):
-    """An over-long type fails the whole batch before anything is stored (RabbitMQ limit: 255 bytes);
-    SQLite has no such limit and stores it."""
+async def test_the_longest_type_an_event_allows_is_routed_and_stored(harness: Harness):
+    """255 bytes: the most `Event` accepts, and the most an AMQP routing key can carry."""
     queue = harness.sub("crm")
     broker = harness.broker()
-    await broker.start([Binding(queue, ("#",))])
-    too_long = make_event(2, "com." + "x" * 300)
-    if harness.kind == "rabbitmq":
-        with pytest.raises(ValueError):
-            await broker.publish([make_event(1), too_long])
-        await broker.publish([make_event(3)])  # the channel is still fine
-        assert [m.message_id for m in await harness.read(queue)] == ["evt-3"]
-    else:
-        await broker.publish([make_event(1), too_long])
-        assert len(await harness.read(queue)) == 2
+    await broker.start([Binding(queue, ("com.#",))])
+    longest = make_event(1, "com." + "x" * 251)
+
+    await broker.publish([longest])
+
+    [message] = await harness.read(queue)
+    assert message.routing_key == longest.type
+    assert message.event == longest
+
+
+async def test_changed_types_unbind_the_old_patterns(harness: Harness):
+    """A subscription's `types` changed between two starts: the old pattern no longer routes."""
+    queue = harness.sub("crm")
+    before = harness.broker()
+    await before.start([Binding(queue, ("com.test.old.#", "com.test.both.#"))])
+    await before.close()
+
+    after = harness.broker()
+    await after.start([Binding(queue, ("com.test.new.#", "com.test.both.#"))])
+    await after.publish(
+        [make_event(1, "com.test.old.x"), make_event(2, "com.test.new.x"), make_event(3, "com.test.both.x")]
+    )
+
+    assert [m.message_id for m in await harness.read(queue)] == ["evt-2", "evt-3"]
+    assert [m.message_id for m in await harness.read(harness.topology.unrouted_queue)] == ["evt-1"]
+
+
+async def test_start_again_on_the_same_broker_replaces_the_bindings(harness: Harness):
+    queue = harness.sub("crm")
+    broker = harness.broker()
+    await broker.start([Binding(queue, ("com.test.old.#",))])
+    await broker.start([Binding(queue, ("com.test.new.#",))])
+
+    await broker.publish([make_event(1, "com.test.old.x"), make_event(2, "com.test.new.x")])
+
+    assert [m.message_id for m in await harness.read(queue)] == ["evt-2"]
+    assert [m.message_id for m in await harness.read(harness.topology.unrouted_queue)] == ["evt-1"]
+
+
+async def test_a_removed_subscription_keeps_its_messages_and_is_reported(harness: Harness, caplog):
+    kept, gone = harness.sub("kept"), harness.sub("gone")
+    before = harness.broker()
+    await before.start([Binding(kept, ("com.test.#",)), Binding(gone, ("com.test.#",))])
+    await before.publish([make_event(i) for i in range(3)])
+    await before.close()
+    caplog.clear()
+
+    after = harness.broker()
+    with caplog.at_level(logging.WARNING):
+        await after.start([Binding(kept, ("com.test.#",))])
+    await after.publish([make_event(9)])
+
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and gone in r.getMessage()
+    ]
+    assert len(warnings) == 1 and "3 messages" in warnings[0], warnings
+    assert not any(kept in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    assert [m.message_id for m in await harness.read(gone)] == ["evt-0", "evt-1", "evt-2"]  # unbound, kept
+    assert [m.message_id for m in await harness.read(kept)] == ["evt-0", "evt-1", "evt-2", "evt-9"]

@@ -19,8 +19,10 @@ import pika
 import pytest
 from pika import frame, spec
 
-from hookhub.broker import Binding, BrokerUnavailable, Topology, message_headers
-from hookhub.broker.rabbitmq import PublishEncoder, RabbitMQBroker, _Batch
+from hookhub.broker import Binding, BrokerUnavailable, PublishUnconfirmed, Topology, message_headers
+from hookhub.broker.rabbitmq.confirms import ConfirmTracker
+from hookhub.broker.rabbitmq.encoder import PublishEncoder, UnencodableEvent
+from hookhub.broker.rabbitmq.topology import record_queue
 from hookhub.events import Event
 
 from ._support import UNREACHABLE_AMQP, Harness, TCPProxy
@@ -30,6 +32,14 @@ def make_event(i: int = 0, type_: str = "com.test.thing", **kwargs) -> Event:
     return Event(
         id=f"evt-{i}", source="/s", type=type_, data=b"{}", datacontenttype="application/json", **kwargs
     )
+
+
+def unchecked(event: Event, **changes: object) -> Event:
+    """`event` with attributes no valid Event can have (set after validation), to reach the
+    encoder's own limits: the frame format's, whatever `Event` allows now or later."""
+    for name, value in changes.items():
+        setattr(event, name, value)
+    return event
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
@@ -80,33 +90,43 @@ def test_encoder_matches_pika_byte_for_byte(event: Event):
     assert b"".join(out) == pika_frames(event, "ns.events", 4096) * 2
 
 
-def test_encoder_omits_an_over_long_message_id_and_rejects_an_over_long_type():
-    event = Event(id="i" * 300, source="/s", type="a.b", data=b"x")
+def test_encoder_omits_an_over_long_message_id():
+    event = unchecked(Event(id="i", source="/s", type="a.b", data=b"x"), id="i" * 300)
     encoder = PublishEncoder(1, "ex", 131072)
     out: list[bytes] = []
     encoder.encode(event, out)
     assert b"".join(out) == pika_frames(event, "ex", 131072, with_message_id=False)
-    with pytest.raises(ValueError):
-        encoder.encode(make_event(1, "t" * 256), [])
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        unchecked(make_event(1), type="t" * 256),
+        unchecked(make_event(2), extensions={"k" * 260: "v"}),  # header name over 255 bytes
+        unchecked(make_event(3), extensions={"big": "x" * 5000}),  # headers larger than the frame
+        unchecked(make_event(4), subject="s" * 4000),
+    ],
+    ids=["type", "header-name", "header-table", "subject"],
+)
+def test_encoder_refuses_before_writing_any_byte(event: Event):
+    encoder = PublishEncoder(1, "ex", 4096)
+    out: list[bytes] = [b"earlier"]
+    with pytest.raises(UnencodableEvent):
+        encoder.encode(event, out)
+    assert out == [b"earlier"]
 
 
 # -- confirm bookkeeping ------------------------------------------------------------------------
 
 
-def confirm(broker: RabbitMQBroker, tag: int, multiple: bool = False, nack: bool = False) -> None:
+def confirm(tracker: ConfirmTracker, tag: int, multiple: bool = False, nack: bool = False) -> None:
     method = (spec.Basic.Nack if nack else spec.Basic.Ack)(delivery_tag=tag, multiple=multiple)
-    broker._on_confirm(SimpleNamespace(method=method))
+    tracker.on_confirm(SimpleNamespace(method=method))
 
 
-def with_batches(*ranges: tuple[int, int]) -> tuple[RabbitMQBroker, list[asyncio.Future[None]]]:
-    broker = RabbitMQBroker(UNREACHABLE_AMQP, Topology("unit"))
-    loop = asyncio.get_running_loop()
-    futures = []
-    for first, last in ranges:
-        future: asyncio.Future[None] = loop.create_future()
-        broker._pending.append(_Batch(first, last, future))
-        futures.append(future)
-    return broker, futures
+def with_batches(*sizes: int) -> tuple[ConfirmTracker, list[asyncio.Future[None]]]:
+    tracker = ConfirmTracker()
+    return tracker, [tracker.track(size).waiter for size in sizes]
 
 
 def states(futures: list[asyncio.Future[None]]) -> list[str]:
@@ -114,41 +134,56 @@ def states(futures: list[asyncio.Future[None]]) -> list[str]:
 
 
 async def test_multiple_acks_resolve_every_batch_up_to_the_tag():
-    broker, futures = with_batches((1, 2), (3, 3), (4, 6))
-    confirm(broker, 3, multiple=True)
+    tracker, futures = with_batches(2, 1, 3)
+    confirm(tracker, 3, multiple=True)
     assert states(futures) == ["ok", "ok", "pending"]
-    confirm(broker, 6, multiple=True)
+    confirm(tracker, 6, multiple=True)
     assert states(futures) == ["ok", "ok", "ok"]
-    assert not broker._pending
+    assert not tracker.pending
 
 
 async def test_single_acks_in_any_order_resolve_a_batch_once_all_its_tags_are_in():
-    broker, futures = with_batches((1, 1), (2, 4))
-    confirm(broker, 3)
-    confirm(broker, 4)
+    tracker, futures = with_batches(1, 3)
+    confirm(tracker, 3)
+    confirm(tracker, 4)
     assert states(futures) == ["pending", "pending"]
-    confirm(broker, 2)
+    confirm(tracker, 2)
     assert states(futures) == ["pending", "pending"]  # batches settle in tag order
-    confirm(broker, 1)
+    confirm(tracker, 1)
     assert states(futures) == ["ok", "ok"]
-    assert broker._confirmed == 4 and not broker._early
+    assert tracker.confirmed == 4 and not tracker.early
 
 
 async def test_nack_fails_only_the_batches_it_covers():
-    broker, futures = with_batches((1, 2), (3, 4), (5, 5), (6, 7))
-    confirm(broker, 2, multiple=True)
-    confirm(broker, 4, multiple=True, nack=True)  # covers 3..4
-    confirm(broker, 6, nack=True)  # a single tag inside the last batch
-    confirm(broker, 7, multiple=True)
+    tracker, futures = with_batches(2, 2, 1, 2)
+    confirm(tracker, 2, multiple=True)
+    confirm(tracker, 4, multiple=True, nack=True)  # covers 3..4
+    confirm(tracker, 6, nack=True)  # a single tag inside the last batch
+    confirm(tracker, 7, multiple=True)
     assert states(futures) == ["ok", "nack", "ok", "nack"]
     assert isinstance(futures[1].exception(), BrokerUnavailable)
 
 
 async def test_a_caller_that_timed_out_does_not_break_later_confirms():
-    broker, futures = with_batches((1, 1), (2, 2))
+    tracker, futures = with_batches(1, 1)
     futures[0].cancel()
-    confirm(broker, 2, multiple=True)
+    confirm(tracker, 2, multiple=True)
     assert futures[1].result() is None
+
+
+async def test_an_expired_batch_learns_its_outcome_later():
+    tracker = ConfirmTracker()
+    acked, nacked, lost = tracker.track(1), tracker.track(1), tracker.track(1)
+    for batch in (acked, nacked, lost):
+        batch.expire(0.5)
+    unconfirmed = [b.waiter.exception() for b in (acked, nacked, lost)]
+    assert all(isinstance(e, PublishUnconfirmed) for e in unconfirmed)
+    late = [e.confirmed for e in unconfirmed if isinstance(e, PublishUnconfirmed)]
+    confirm(tracker, 1)
+    confirm(tracker, 2, nack=True)
+    assert [f.result() if f.done() else None for f in late] == [True, False, None]
+    tracker.fail_all(BrokerUnavailable("gone"))
+    assert late[2].result() is False
 
 
 # -- against the server -------------------------------------------------------------------------
@@ -157,6 +192,7 @@ async def test_a_caller_that_timed_out_does_not_break_later_confirms():
 @pytest.fixture
 async def rabbit(rabbitmq_url: str, namespace: str) -> AsyncIterator[Harness]:
     h = Harness("rabbitmq", rabbitmq_url, Topology(namespace), UNREACHABLE_AMQP)
+    h.queues.update((h.topology.dead_queue, record_queue(h.topology)))  # deleted at cleanup
     try:
         yield h
     finally:
@@ -225,9 +261,61 @@ async def test_publish_times_out_without_confirm_then_recovers(rabbit: Harness, 
         await broker.publish([make_event(1)], timeout=0.3)
     assert time.monotonic() - started < 1
 
-    proxy.release_replies()  # the late confirm is ignored; the next publish is tracked correctly
+    proxy.release_replies()  # the late confirm settles the caller's future; tags stay in step
     await broker.publish([make_event(2)], timeout=5)
     assert [m.message_id for m in await rabbit.read(queue)] == ["evt-1", "evt-2"]  # at-least-once
+
+
+@pytest.mark.rabbitmq
+async def test_a_confirm_later_than_the_timeout_resolves_the_unconfirmed_future(rabbit: Harness):
+    queue = rabbit.sub("crm")
+    broker = rabbit.broker()
+    await broker.start([Binding(queue, ("#",))])
+
+    with pytest.raises(PublishUnconfirmed) as raised:
+        await broker.publish([make_event(1)], timeout=1e-6)  # sent, but no broker confirms that fast
+    assert await asyncio.wait_for(raised.value.confirmed, 5) is True
+
+    assert [m.message_id for m in await rabbit.read(queue)] == ["evt-1"]  # stored exactly once
+
+
+@pytest.mark.rabbitmq
+async def test_an_unconfirmed_future_resolves_false_when_the_broker_closes(rabbit: Harness, proxy: TCPProxy):
+    await proxy.start()
+    broker = rabbit.broker(proxy.url, close_timeout=0.3)
+    await broker.start([Binding(rabbit.sub("crm"), ("#",))])
+    proxy.hold_replies()
+    with pytest.raises(PublishUnconfirmed) as raised:
+        await broker.publish([make_event(1)], timeout=0.2)
+    assert not raised.value.confirmed.done()
+
+    await broker.close()  # no confirm can come any more: the answer is "not confirmed"
+    assert raised.value.confirmed.result() is False
+
+
+@pytest.mark.rabbitmq
+async def test_an_unencodable_event_fails_alone_and_the_connection_stays_up(rabbit: Harness, proxy: TCPProxy):
+    await proxy.start()
+    queue = rabbit.sub("crm")
+    broker = rabbit.broker(proxy.url)
+    await broker.start([Binding(queue, ("#",))])
+    too_big = unchecked(make_event(999), extensions={"huge": "x" * 200_000})  # > frame_max (128 KiB)
+
+    results = await asyncio.gather(
+        *(broker.publish([make_event(i)]) for i in range(50)),
+        broker.publish([too_big]),
+        *(broker.publish([make_event(i)]) for i in range(50, 100)),
+        return_exceptions=True,
+    )
+
+    assert isinstance(results[50], UnencodableEvent)
+    assert [r for i, r in enumerate(results) if i != 50] == [None] * 100
+    await asyncio.sleep(0.3)  # a corrupt frame would make the server close the connection now
+    assert await broker.ready()
+    await broker.publish([make_event(100)])
+    assert proxy.connections == 1  # the publishing connection, never reconnected
+    ids = [str(m.message_id) for m in await rabbit.read(queue)]
+    assert sorted(ids) == sorted(f"evt-{i}" for i in range(101))
 
 
 @pytest.mark.rabbitmq
@@ -279,12 +367,8 @@ async def test_reconnects_after_the_server_closes_the_connection(rabbit: Harness
     if pid is None:
         _skip_or_fail("rabbitmqctl cannot list connections here")
 
-    closed = await asyncio.to_thread(
-        subprocess.run,
-        ["rabbitmqctl", "close_connection", pid, "test restart"],
-        capture_output=True,
-        timeout=30,
-    )
+    command = ["rabbitmqctl", "close_connection", str(pid), "test restart"]
+    closed = await asyncio.to_thread(lambda: subprocess.run(command, capture_output=True, timeout=30))
     assert closed.returncode == 0, closed.stderr
     await wait_until(lambda: _not(broker.ready()), timeout=5)
     await wait_until(broker.ready, timeout=10)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
 
 import pytest
 
-from hookhub.broker import Binding, BrokerUnavailable, Topology
+from hookhub.broker import Binding, BrokerUnavailable, Lease, Topology, message_headers
 from hookhub.broker.sqlite import MESSAGES_TABLE, SQLiteBroker, sqlite_path
 from hookhub.events import Event
 
@@ -33,8 +34,8 @@ async def test_messages_survive_closing_and_reopening(tmp_sqlite_url: str, topol
     await broker.close()
 
     reopened = SQLiteBroker(tmp_sqlite_url, topology)
-    await reopened.start()  # no bindings given: the file remembers them
-    assert await reopened.queue_depths() == {queue: 10, topology.unrouted_queue: 0}
+    await reopened.start([Binding(queue, ("#",))])
+    assert await reopened.queue_depths() == {queue: 10, topology.unrouted_queue: 0, topology.dead_queue: 0}
     await reopened.publish([make_event(10)])
     await reopened.close()
 
@@ -65,26 +66,28 @@ async def test_rows_carry_what_the_consume_side_needs(tmp_sqlite_url: str, topol
 
     conn = sqlite3.connect(sqlite_path(tmp_sqlite_url))
     row = conn.execute(
-        f"SELECT enqueued_at, available_at, attempts, lease_until FROM {MESSAGES_TABLE}"
+        f"SELECT enqueued_at, available_at, attempts, lease_id, dead_reason FROM {MESSAGES_TABLE}"
     ).fetchone()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
-    enqueued_at, available_at, attempts, lease_until = row
+    enqueued_at, available_at, attempts, lease_id, dead_reason = row
     assert before <= enqueued_at == available_at <= time.time()
-    assert (attempts, lease_until) == (0, None)
+    assert (attempts, lease_id, dead_reason) == (0, None, None)
 
 
 async def test_bindings_declared_by_one_process_route_for_another(tmp_sqlite_url: str, topology: Topology):
-    """As on RabbitMQ: the fan-out side declares its queues, ingest publishes with no bindings."""
+    """As on RabbitMQ: bindings live in the file, so a publishing process routes by the set the
+    latest `start` of any process declared, not by its own copy."""
     queue = topology.subscription_queue("crm")
     fanout = SQLiteBroker(tmp_sqlite_url, topology)
     await fanout.start([Binding(queue, ("com.test.*",))])
     ingest = SQLiteBroker(tmp_sqlite_url, topology)
-    await ingest.start()
+    await ingest.start([Binding(queue, ("com.test.*",))])
     await ingest.publish([make_event(1)])
 
-    late = topology.subscription_queue("late")  # declared after ingest started
-    await SQLiteBroker(tmp_sqlite_url, topology).start([Binding(late, ("#",))])
+    late = topology.subscription_queue("late")  # a subscription added by a restart elsewhere
+    restarted = SQLiteBroker(tmp_sqlite_url, topology)
+    await restarted.start([Binding(queue, ("com.test.*",)), Binding(late, ("#",))])
     await ingest.publish([make_event(2)])
 
     assert [m.message_id for m in sqlite_drain(tmp_sqlite_url, queue)] == ["evt-1", "evt-2"]
@@ -93,8 +96,76 @@ async def test_bindings_declared_by_one_process_route_for_another(tmp_sqlite_url
     await other.start()
     await other.publish([make_event(3)])
     assert sqlite_drain(tmp_sqlite_url, queue) == []
-    for broker in (fanout, ingest, other):
+    assert [m.message_id for m in sqlite_drain(tmp_sqlite_url, late)] == []
+    for broker in (fanout, ingest, restarted, other):
         await broker.close()
+
+
+OLD_SCHEMA = f"""
+CREATE TABLE {MESSAGES_TABLE} (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, routing_key TEXT NOT NULL,
+    headers TEXT NOT NULL, body BLOB NOT NULL, enqueued_at REAL NOT NULL, available_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, lease_until REAL
+);
+"""
+
+
+async def test_a_file_of_the_previous_schema_is_upgraded_in_place(tmp_sqlite_url: str, topology: Topology):
+    queue = topology.subscription_queue("crm")
+    event = make_event(1)
+    conn = sqlite3.connect(sqlite_path(tmp_sqlite_url), isolation_level=None)
+    conn.executescript(OLD_SCHEMA)
+    conn.execute(
+        f"INSERT INTO {MESSAGES_TABLE} (queue, routing_key, headers, body, enqueued_at, available_at) "
+        "VALUES (?, ?, ?, ?, 0, 0)",
+        (queue, event.type, json.dumps(message_headers(event)), event.data),
+    )
+    conn.close()
+    broker = SQLiteBroker(tmp_sqlite_url, topology)
+    await broker.start([Binding(queue, ("#",))])
+    leases: asyncio.Queue[Lease] = asyncio.Queue()
+
+    async def handler(lease: Lease) -> None:
+        leases.put_nowait(lease)
+
+    await broker.consume(queue, handler, prefetch=1, lease=30)
+    lease = await asyncio.wait_for(leases.get(), 5)
+    assert (lease.event, lease.attempt) == (event, 1)
+    await broker.ack(lease)
+    await broker.publish([make_event(2)])
+    await broker.close()
+    assert [m.message_id for m in sqlite_drain(tmp_sqlite_url, queue)] == ["evt-2"]
+
+
+async def test_a_row_whose_text_is_not_utf8_goes_to_the_dead_queue(tmp_sqlite_url: str, topology: Topology):
+    """Stored as TEXT with invalid UTF-8 by another writer: it must not fail every lease of the queue."""
+    queue = topology.subscription_queue("crm")
+    broker = SQLiteBroker(tmp_sqlite_url, topology)
+    await broker.start([Binding(queue, ("#",))])
+    conn = sqlite3.connect(sqlite_path(tmp_sqlite_url), isolation_level=None)
+    conn.execute(
+        f"INSERT INTO {MESSAGES_TABLE} (queue, routing_key, headers, body, enqueued_at, available_at) "
+        "VALUES (?, '', CAST(? AS TEXT), CAST(? AS TEXT), 0, 0)",
+        (queue, b'{"ce-id": "\xff"}', b"\xfe"),
+    )
+    conn.close()
+    await broker.publish([make_event(1)])
+    leases: asyncio.Queue[Lease] = asyncio.Queue()
+
+    async def handler(lease: Lease) -> None:
+        leases.put_nowait(lease)
+
+    await broker.consume(queue, handler, prefetch=4, lease=30)
+    lease = await asyncio.wait_for(leases.get(), 5)
+    assert lease.event.id == "evt-1"
+    await broker.ack(lease)
+    for _ in range(50):
+        depths = await broker.queue_depths()
+        if depths[topology.dead_queue] == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert depths[topology.dead_queue] == 1 and depths[queue] == 0
+    await broker.close()
 
 
 async def test_waits_for_another_writer_then_times_out(tmp_sqlite_url: str, topology: Topology):

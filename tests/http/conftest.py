@@ -1,18 +1,29 @@
-"""An in-process hub on a chosen broker, driven over HTTP through httpx's ASGI transport."""
+"""An in-process hub on a chosen broker, driven over HTTP through httpx's ASGI transport, and
+real servers on 127.0.0.1 (`hookhub run`'s uvicorn set-up, a functions-framework target) for
+what only a socket shows: slow clients, huge headers, hang-ups."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+import uvloop
 
 from hookhub.config import parse_config
-from hookhub.hub import Hub
-from hookhub.web import create_app
+from hookhub.hub import Hub, close_hub
+from hookhub.web import create_app, uvicorn_options
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SECRETS = {
     "stripe": "whsec_test_stripe",
@@ -91,3 +102,79 @@ async def delete_namespace(broker_url: str, hub: Hub) -> None:
 
 
 Signer = Callable[..., tuple[bytes, dict[str, str]]]
+
+
+@dataclass
+class LiveServer:
+    """A uvicorn server in a thread of the test process, so tests can shorten its timeouts."""
+
+    port: int
+    loop: asyncio.AbstractEventLoop
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run `coro` on the server's event loop (where its hub lives)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, **options: Any) -> Iterator[LiveServer]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info", **options))
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def run() -> None:
+        loop = uvloop.new_event_loop()  # as `hookhub run` (loop="uvloop")
+        loops.append(loop)
+        loop.run_until_complete(server.serve())
+        loop.close()
+
+    thread = threading.Thread(target=run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise AssertionError("server did not start")
+        time.sleep(0.05)
+    try:
+        yield LiveServer(port, loops[0])
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture
+def run_server(tmp_path: Path, namespace: str) -> Iterator[LiveServer]:
+    """`hookhub run`'s server: the hub app on uvicorn with the options cli.py passes."""
+    config = base_config(f"sqlite:///{tmp_path}/broker.db", f"sqlite:///{tmp_path}/store.db", namespace)
+    app = create_app(parse_config(config, environ={}), dispatch=False)
+    with serve_in_thread(app, lifespan="on", **uvicorn_options()) as server:
+        yield server
+
+
+@pytest.fixture
+def function_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveServer]:
+    """The `events` functions-framework target on uvicorn with httptools, as its gunicorn
+    UvicornWorker serves it (`http="auto"`): no hookhub protocol, only what the handlers do."""
+    from functions_framework.aio import create_asgi_app
+
+    config = tmp_path / "hookhub.yaml"
+    config.write_text(
+        f"broker: sqlite:///{tmp_path}/broker.db\nstore: sqlite:///{tmp_path}/store.db\n"
+        f"producers:\n  billing: {{token: {PRODUCER_TOKEN}}}\n"
+    )
+    monkeypatch.setenv("HOOKHUB_CONFIG", str(config))
+    app = create_asgi_app(target="events", source=str(ROOT / "main.py"))
+    with serve_in_thread(app, http="httptools", log_config=None) as server:
+        try:
+            yield server
+        finally:
+            server.call(close_hub())

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from hookhub.delivery import delivery_id
 from hookhub.events import Event
+from hookhub.fanout.sender import delivery_id
 from hookhub.store.base import SubscriptionState
 from tests.http.conftest import PRODUCER_TOKEN, HubClient, base_config, delete_namespace, running_hub
 from tests.support.subscriber import Subscriber, running_subscriber
@@ -109,7 +109,7 @@ async def test_failing_subscriber_is_retried_with_a_stable_delivery_id(
     assert [r.headers["hookhub-attempt"] for r in received] == ["1", "2", "3"]
     assert len({r.headers["webhook-id"] for r in received}) == 1
     attempts = await wait_attempts(fan, event_id, "crm", 3)
-    assert [a.outcome for a in attempts] == ["retry", "retry", "delivered"]
+    assert [a.verdict for a in attempts] == ["retry", "retry", "delivered"]
     assert [a.status_code for a in attempts] == [503, 503, 200]
 
 
@@ -120,8 +120,8 @@ async def test_4xx_is_dead_lettered_at_once_and_others_unaffected(
     (event_id,) = await produce(fan)
     await subscriber.wait_for_async(1, WAIT, path="/audit")
     attempts = await wait_attempts(fan, event_id, "crm", 1)
-    assert [a.outcome for a in attempts] == ["dead"]
-    dead = await fan.hub.store.dead_letters("crm")
+    assert [a.verdict for a in attempts] == ["dead"]
+    dead = await fan.hub.store.attempts.dead_letters("crm")
     assert [d.event_id for d in dead] == [event_id] and dead[0].last_status == 400
     await asyncio.sleep(0.5)
     assert len(subscriber.requests("/crm")) == 1
@@ -133,8 +133,8 @@ async def test_exhausted_attempts_become_a_dead_letter_with_every_attempt(
     subscriber.status(500, path="/crm")
     (event_id,) = await produce(fan)
     attempts = await wait_attempts(fan, event_id, "crm", 4)
-    assert [a.outcome for a in attempts] == ["retry", "retry", "retry", "dead"]
-    (dead,) = await fan.hub.store.dead_letters("crm")
+    assert [a.verdict for a in attempts] == ["retry", "retry", "retry", "dead"]
+    (dead,) = await fan.hub.store.attempts.dead_letters("crm")
     assert dead.attempts == 4 and dead.data == b'{"n":0}'
 
 
@@ -154,10 +154,10 @@ async def test_410_disables_the_subscription_and_events_wait(fan: HubClient, sub
     await subscriber.wait_for_ids_async(4, WAIT, path="/audit")  # the other subscriber goes on
     await asyncio.sleep(1.0)
     assert len(subscriber.requests("/crm")) == 1  # no more attempts while disabled
-    depth = (await fan.hub.broker.queue_depths())[fan.hub.queue_for("crm")]
+    depth = (await fan.hub.broker.queue_depths())[fan.hub.queue_for["crm"]]
     assert depth == 4  # the 410'd event and the three new ones wait in the queue
     subscriber.ok(path="/crm")
-    await fan.hub.store.set_subscription_state("crm", SubscriptionState.ACTIVE)
+    await fan.hub.store.subscriptions.set("crm", SubscriptionState.ACTIVE)
     received = await subscriber.wait_for_ids_async(4, WAIT, path="/crm")
     assert set(ids) <= received
 
@@ -187,7 +187,7 @@ async def test_vanished_subscriber_is_retried_until_it_comes_back(
             subscriber.stop()  # connection refused
             (event_id,) = await produce(hub)
             attempts = await wait_attempts(hub, event_id, "crm", 1, exact=False)
-            assert attempts[0].status_code is None and attempts[0].outcome == "retry"
+            assert attempts[0].status_code is None and attempts[0].verdict == "retry"
             subscriber.start()
             assert event_id in await subscriber.wait_for_ids_async(1, WAIT, path="/crm")
         finally:
@@ -229,7 +229,7 @@ def _steps(*specs: tuple[int, dict[str, str], int | None]) -> list[Any]:
 
 
 async def _state(hub: HubClient, name: str) -> SubscriptionState:
-    return (await hub.hub.store.subscription_states()).get(name, SubscriptionState.ACTIVE)
+    return (await hub.hub.store.subscriptions.all()).get(name, SubscriptionState.ACTIVE)
 
 
 async def wait_until(probe: Any, expected: Any, timeout: float = WAIT) -> None:
@@ -249,7 +249,7 @@ async def wait_attempts(
     while True:
         attempts = [
             a
-            for a in await hub.hub.store.attempts_for_event("/billing", event_id)
+            for a in await hub.hub.store.attempts.for_event("/billing", event_id)
             if a.subscription == subscription
         ]
         if len(attempts) >= n or time.monotonic() > deadline:
@@ -288,9 +288,9 @@ async def test_metrics_count_deliveries_and_dead_letters(fan: HubClient, subscri
     await subscriber.wait_for_async(1, WAIT, path="/crm")
     await asyncio.sleep(0.3)
     metrics = (await fan.client.get("/metrics")).text
-    assert 'hookhub_deliveries_total{outcome="delivered",subscription="audit"} 1.0' in metrics
-    assert 'hookhub_deliveries_total{outcome="dead",subscription="crm"} 1.0' in metrics
+    assert 'hookhub_deliveries_total{subscription="audit",verdict="delivered"} 1.0' in metrics
+    assert 'hookhub_deliveries_total{subscription="crm",verdict="dead"} 1.0' in metrics
     assert 'hookhub_dead_letters_total{subscription="crm"} 1.0' in metrics
     assert 'hookhub_delivery_duration_seconds_count{subscription="audit"} 1.0' in metrics
     assert 'hookhub_subscription_active{subscription="crm"} 1.0' in metrics
-    assert f'hookhub_queue_depth{{queue="{fan.hub.queue_for("crm")}"}}' in metrics
+    assert f'hookhub_queue_depth{{queue="{fan.hub.queue_for["crm"]}"}}' in metrics

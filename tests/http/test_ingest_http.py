@@ -7,11 +7,13 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 import uuid
 
 import pytest
 
+from hookhub.logs import JsonFormatter, TextFormatter
 from tests.http.conftest import SECRETS, HubClient, base_config, running_hub
 
 
@@ -56,7 +58,7 @@ async def test_accepted_event_is_enqueued_with_its_cloudevent_attributes(hub: Hu
     assert response.status_code == 202, response.text
     assert response.json() == {"id": "evt_1", "status": "accepted"}
     assert await hub.enqueued() == 1
-    record = await hub.hub.store.ingest_record(("/providers/stripe", "evt_1"))
+    record = await hub.hub.store.claims.record(("/providers/stripe", "evt_1"))
     assert (
         record is not None and record.type == "com.stripe.invoice.paid" and record.correlation_id == "corr-1"
     )
@@ -134,7 +136,7 @@ async def test_rejections_enqueue_nothing(
         assert message in response.json()["error"]
     assert SECRETS["stripe"] not in response.text
     assert await hub.enqueued() == 0
-    assert await hub.hub.store.records_by_correlation("evt_x") == []
+    assert await hub.hub.store.claims.by_correlation("evt_x") == []
 
 
 async def test_oversized_chunked_body_is_refused_while_streaming(hub: HubClient) -> None:
@@ -177,7 +179,7 @@ async def test_shopify_and_standard_webhooks_map_ids_and_types(hub: HubClient) -
         },
     )
     assert response.status_code == 202 and response.json()["id"] == "shop-evt-1"
-    record = await hub.hub.store.ingest_record(("/providers/shop", "shop-evt-1"))
+    record = await hub.hub.store.claims.record(("/providers/shop", "shop-evt-1"))
     assert record is not None and record.type == "com.shopify.orders.create"
 
     msg_id, ts, body = "msg_1", str(int(time.time())), b'{"type": "invoice.created", "x": 1}'
@@ -189,7 +191,7 @@ async def test_shopify_and_standard_webhooks_map_ids_and_types(hub: HubClient) -
         headers={"webhook-id": msg_id, "webhook-timestamp": ts, "webhook-signature": f"v1,{sig}"},
     )
     assert response.status_code == 202
-    record = await hub.hub.store.ingest_record(("/providers/svix", "msg_1"))
+    record = await hub.hub.store.claims.record(("/providers/svix", "msg_1"))
     assert record is not None and record.type == "com.svix.invoice.created"
 
 
@@ -201,20 +203,78 @@ async def test_health_ready_and_metrics(hub: HubClient) -> None:
     await hub.client.post("/webhooks/github", content=body, headers=headers)
     await hub.client.post("/webhooks/github", content=b"{}", headers={"X-GitHub-Event": "push"})
     metrics = (await hub.client.get("/metrics")).text
-    assert 'hookhub_ingested_events_total{outcome="accepted",provider="github"} 1.0' in metrics
-    assert 'hookhub_ingested_events_total{outcome="unauthorized",provider="github"} 1.0' in metrics
+    assert 'hookhub_ingested_events_total{provider="github",result="accepted"} 1.0' in metrics
+    assert 'hookhub_ingested_events_total{provider="github",result="unauthorized"} 1.0' in metrics
     assert "hookhub_queue_depth" in metrics
     assert SECRETS["github"] not in metrics
 
 
+def http_log(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "hookhub.http"]
+
+
+async def test_a_rejection_is_one_log_line_without_secrets(
+    hub: HubClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    body, headers = stripe_request()
+    assert (await hub.client.post("/webhooks/stripe", content=body, headers=headers)).status_code == 202
+    assert http_log(caplog) == []  # success is silent
+    body, headers = stripe_request(secret="whsec_wrong")
+    headers["X-Correlation-ID"] = "corr-9"
+    response = await hub.client.post("/webhooks/stripe", content=body, headers=headers)
+    assert response.status_code == 401
+    (record,) = http_log(caplog)
+    assert record.levelno == logging.WARNING
+    fields = {k: getattr(record, k, None) for k in ("status", "provider", "reason", "correlation_id")}
+    assert fields == {
+        "status": 401,
+        "provider": "stripe",
+        "reason": "signature mismatch",
+        "correlation_id": "corr-9",
+    }
+    signature = headers["Stripe-Signature"].split("v1=")[1]
+    for line in (JsonFormatter().format(record), TextFormatter().format(record)):
+        assert SECRETS["stripe"] not in line and signature not in line
+
+
+async def test_producer_rejection_names_no_producer_and_shows_no_token(
+    hub: HubClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    response = await hub.client.post(
+        "/events", content=b"{}", headers={"Authorization": "Bearer guessed-token"}
+    )
+    assert response.status_code == 401
+    (record,) = http_log(caplog)
+    assert record.status == 401 and not hasattr(record, "producer")  # type: ignore[attr-defined]
+    assert "guessed-token" not in JsonFormatter().format(record)
+
+
+async def test_metric_labels_are_bounded_by_the_configuration(hub: HubClient) -> None:
+    """Any client can POST to /webhooks/<anything>: the name must not become a time series."""
+    for i in range(3):
+        assert (await hub.client.post(f"/webhooks/nosuch-{i}", content=b"{}")).status_code == 404
+    await hub.client.post("/events", content=b"{}", headers={"Authorization": "Bearer guessed-token"})
+    metrics = (await hub.client.get("/metrics")).text
+    assert 'hookhub_ingested_events_total{provider="unknown",result="unknown_provider"} 3.0' in metrics
+    assert 'hookhub_ingested_events_total{provider="unknown",result="unauthorized"} 1.0' in metrics
+    assert "nosuch" not in metrics
+
+
 @pytest.mark.rabbitmq
-async def test_broker_down_answers_503_with_retry_after_and_keeps_no_claim(tmp_path, namespace: str) -> None:
+async def test_broker_down_answers_503_with_retry_after_and_keeps_no_claim(
+    tmp_path, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     config = base_config("amqp://guest:guest@127.0.0.1:1/%2F", f"sqlite:///{tmp_path}/store.db", namespace)
     async with running_hub(config) as hub:
         body, headers = github_request("delivery-down")
         response = await hub.client.post("/webhooks/github", content=body, headers=headers)
         assert response.status_code == 503
+        (record,) = http_log(caplog)
+        assert (record.status, record.event_id, record.levelno) == (503, "delivery-down", logging.WARNING)  # type: ignore[attr-defined]
         assert response.headers["Retry-After"].isdigit()
         assert (await hub.client.get("/readyz")).status_code == 503
         # the failed attempt left no claim behind: a retry is not mistaken for a duplicate
-        assert await hub.hub.store.ingest_record(("/providers/github", "delivery-down")) is None
+        assert await hub.hub.store.claims.record(("/providers/github", "delivery-down")) is None

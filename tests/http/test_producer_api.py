@@ -43,7 +43,7 @@ async def test_structured_mode_and_duplicate(hub: HubClient) -> None:
     again = await hub.client.post("/events", content=body, headers=headers)
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
     assert await hub.enqueued() == 1
-    records = await hub.hub.store.records_by_correlation("order-9")
+    records = await hub.hub.store.claims.by_correlation("order-9")
     assert [r.event_id for r in records] == ["s-1"]
 
 
@@ -97,3 +97,33 @@ async def test_attributes_too_long_for_the_broker_are_422(hub: HubClient) -> Non
     response = await hub.client.post("/events", content=body, headers=headers)
     assert response.status_code == 422 and "type" in response.json()["error"]
     assert await hub.enqueued() == 0
+
+
+async def test_a_bad_event_in_a_batch_is_422_naming_it_and_enqueues_nothing(hub: HubClient) -> None:
+    events = [structured() for _ in range(4)]
+    events[2]["tenant"] = "a\x00b"  # PostgreSQL refuses NUL; CR/LF would split a delivery header
+    headers = {**AUTH, "Content-Type": "application/cloudevents-batch+json"}
+    response = await hub.client.post("/events", content=json.dumps(events), headers=headers)
+    assert response.status_code == 422
+    assert response.json()["detail"]["attribute"] == "[2].tenant"
+    assert await hub.enqueued() == 0
+
+
+async def test_an_extension_cannot_shadow_a_core_attribute(hub: HubClient) -> None:
+    headers = {**AUTH, "ce-specversion": "1.0", "ce-id": "b-2", "ce-source": "/billing", "ce-type": "t"}
+    headers["ce-datacontenttype"] = "text/evil"  # would override Content-Type on delivery
+    response = await hub.client.post("/events", content=b"{}", headers=headers)
+    assert response.status_code == 422 and response.json()["detail"]["attribute"] == "datacontenttype"
+    assert await hub.enqueued() == 0
+
+
+async def test_hostile_bodies_are_400(hub: HubClient) -> None:
+    headers = {**AUTH, "Content-Type": "application/cloudevents+json"}
+    for body in (b"[" * 5_000, b'{"specversion": "1.0", "id": "\xff"}', structured_json_utf16()):
+        response = await hub.client.post("/events", content=body, headers=headers)
+        assert response.status_code == 400, body[:40]
+    assert await hub.enqueued() == 0
+
+
+def structured_json_utf16() -> bytes:
+    return json.dumps(structured()).encode("utf-16")

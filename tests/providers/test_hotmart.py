@@ -101,3 +101,13 @@ def test_non_json_is_400(build):
 def test_config_errors(build, settings):
     with pytest.raises(ValidationError):
         build("hotmart", **settings)
+
+
+def test_deeply_nested_body_is_refused_not_a_crash(build):
+    """The body-token fallback parses before verification: nesting must not exhaust the stack."""
+    deep = b'{"id": "1", "event": "E", "hottok": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    provider = build("hotmart", token=TOKEN)
+    with pytest.raises(Unauthorized, match="missing"):
+        provider.verify(request(deep, token=None))
+    with pytest.raises(BadRequest):
+        provider.to_event(request(deep))

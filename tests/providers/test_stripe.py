@@ -9,7 +9,7 @@ import pytest
 import stripe
 from stripe._webhook import WebhookSignature
 
-from hookhub.errors import BadRequest, Unauthorized, Unprocessable
+from hookhub.errors import BadRequest, InvalidEvent, Unauthorized, Unprocessable
 from hookhub.providers import InboundRequest
 
 SECRET = "whsec_test_5WbX5kEWLlfzsGNjH64I8lOOqUB6e8FH"
@@ -127,3 +127,26 @@ def test_non_json_is_400(build):
     provider.verify(req)
     with pytest.raises(BadRequest):
         provider.to_event(req)
+
+
+@pytest.mark.parametrize(
+    ("envelope", "attribute"),
+    [
+        ({"id": "", "type": "invoice.paid"}, "id"),
+        ({"id": "  ", "type": "invoice.paid"}, "id"),
+        ({"id": "evt\u0000", "type": "invoice.paid"}, "id"),
+        ({"id": "e" * 256, "type": "invoice.paid"}, "id"),
+        ({"id": "evt_1", "type": "paid\r\nX-Injected: 1"}, "type"),
+    ],
+)
+def test_an_id_or_type_no_cloudevent_may_carry_is_422_naming_it(build, envelope, attribute):
+    body = json.dumps(envelope).encode()
+    with pytest.raises(InvalidEvent) as exc:
+        build("stripe", secrets=[SECRET]).to_event(request(body, None, time.time()))
+    assert exc.value.status == 422 and exc.value.detail["attribute"] == attribute
+
+
+def test_an_over_long_correlation_header_is_422(build):
+    req = request(BODY, None, time.time(), extra={"x-correlation-id": "c" * 256})
+    with pytest.raises(InvalidEvent, match="correlationid"):
+        build("stripe", secrets=[SECRET]).to_event(req)

@@ -1,5 +1,6 @@
 """Brokers behind one interface, chosen by URL: `amqp(s)://` RabbitMQ, `sqlite:///` embedded,
-`memory://` in-process (tests; nothing survives the process)."""
+`memory://` in-process (tests; nothing survives the process; `memory://name` is one set of
+queues shared by every broker of the process opened with that name)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,10 @@ def open_broker(url: str, topology: Topology) -> Broker:
 
         return SQLiteBroker(url, topology)
     if scheme == "memory":
-        from hookhub.broker.memory import MemoryBroker
+        from hookhub.broker.memory import MemoryBroker, MemoryServer
 
-        return MemoryBroker(topology)
-    raise ValueError(f"unsupported broker URL scheme {scheme!r}: use amqp://, amqps://, sqlite:///path or memory://")
+        name = urlsplit(url).netloc  # memory://name: shared by the brokers of this process
+        return MemoryBroker(topology, server=MemoryServer.named(name) if name else None)
+    raise ValueError(
+        f"unsupported broker URL scheme {scheme!r}: use amqp://, amqps://, sqlite:///path or memory://"
+    )

@@ -32,6 +32,8 @@ HEADER_PREFIX = "ce-"
 # rebuilds the same Event. Integers because pika can neither encode a float nor decode one exactly.
 ATTEMPT_HEADER = "hookhub-attempt"  # absent on a freshly published event: attempt 1
 NOT_BEFORE_HEADER = "hookhub-not-before-ms"  # unix time in milliseconds; absent: due at once
+# Why a message was moved to `Topology.dead_queue` (a header on RabbitMQ, a column on SQLite).
+DEAD_REASON_HEADER = "hookhub-dead-reason"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,13 +127,37 @@ def message_headers(event: Event) -> dict[str, Any]:
     return {HEADER_PREFIX + name: value for name, value in event.attributes().items()}
 
 
-def event_from_message(headers: dict[str, Any], body: bytes) -> Event:
-    attrs = {
-        k[len(HEADER_PREFIX) :]: (v.decode() if isinstance(v, bytes) else v)
-        for k, v in headers.items()
-        if k.startswith(HEADER_PREFIX)
-    }
-    return Event.from_attributes(attrs, body)
+def event_from_message(headers: Any, body: Any) -> Event:
+    """Rebuild the event a message carries; `PoisonMessage` for anything that is not one.
+
+    A queue may hold messages hookhub never wrote (another publisher, an older version, a raw
+    insert), so every failure, whatever raises it, becomes `PoisonMessage`: the consumer then
+    moves the message to the dead queue instead of crashing on it or redelivering it forever.
+    """
+    try:
+        if not isinstance(headers, dict):
+            raise PoisonMessage(f"headers are {type(headers).__name__}, not a table")
+        if isinstance(body, bytearray | memoryview):
+            body = bytes(body)
+        if not isinstance(body, bytes):
+            raise PoisonMessage(f"body is {type(body).__name__}, not bytes")
+        attrs: dict[str, str] = {}
+        for key, value in headers.items():
+            if not (isinstance(key, str) and key.startswith(HEADER_PREFIX)):
+                continue
+            if isinstance(value, bytes):
+                value = value.decode()  # strict: invalid UTF-8 is poison, not mojibake
+            if not isinstance(value, str):
+                raise PoisonMessage(f"header {key} is {type(value).__name__}, not a string")
+            attrs[key[len(HEADER_PREFIX) :]] = value
+        for name in ("id", "source", "type"):
+            if not attrs.get(name, "").strip():
+                raise PoisonMessage(f"header {HEADER_PREFIX}{name} is missing or blank")
+        return Event.from_attributes(attrs, body)
+    except PoisonMessage:
+        raise
+    except Exception as exc:  # InvalidEvent, UnicodeDecodeError, or whatever else refuses it
+        raise PoisonMessage(f"not a valid event: {exc}") from exc
 
 
 @dataclass(slots=True)

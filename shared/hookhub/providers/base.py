@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar
 
+import pydantic_core
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -154,7 +155,10 @@ class Provider(Generic[S]):
     # Helpers shared by the provider modules -------------------------------------------------
 
     def event(self, request: InboundRequest, id: str, type: str) -> Event:
-        """The CloudEvent for this provider: SPEC source, correlation id and content type."""
+        """The CloudEvent for this provider: SPEC source, correlation id and content type.
+
+        `Event` validates every attribute, so a hostile id, type or header is a 422 here.
+        """
         return Event(
             id=id,
             source=self.source,
@@ -245,6 +249,15 @@ def require_header(request: InboundRequest, name: str) -> str:
     if not value:
         raise Unauthorized(f"missing {name} header")
     return value
+
+
+def load_json(body: bytes) -> Any:
+    """The body's JSON value, or a 400: the same parser as the envelope models (UTF-8 only,
+    nesting bounded), so a hostile body cannot exhaust the stack as `json.loads` would."""
+    try:
+        return pydantic_core.from_json(body)
+    except ValueError:
+        raise BadRequest("body is not valid JSON") from None
 
 
 M = TypeVar("M", bound=BaseModel)

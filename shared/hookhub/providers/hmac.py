@@ -8,14 +8,13 @@ No timestamp option: a timestamp outside the signed bytes would prove nothing.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import jsonpointer
 from pydantic import field_validator
 
-from hookhub.errors import BadRequest, Unauthorized
+from hookhub.errors import Unauthorized
 from hookhub.events import Event
 from hookhub.providers.base import (
     InboundRequest,
@@ -24,6 +23,7 @@ from hookhub.providers.base import (
     TypePrefixSettings,
     any_equal,
     expected_digests,
+    load_json,
     missing_field,
     register,
     require_header,
@@ -107,10 +107,7 @@ class Hmac(Provider[HmacSettings]):
     def to_event(self, request: InboundRequest) -> Event:
         body: Any = _MISSING
         if "pointer" in (self.id_locator.source, self.type_locator.source):
-            try:
-                body = json.loads(request.body)
-            except ValueError:
-                raise BadRequest("body is not valid JSON") from None
+            body = load_json(request.body)
         event_id = _locate(self.id_locator, request, body)
         if self.type_locator.source == "fixed":
             event_type = self.type_locator.value

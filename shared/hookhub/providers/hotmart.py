@@ -6,12 +6,11 @@ JSON payloads carry it in the body's `hottok` field instead, which is the fallba
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 from pydantic import BaseModel
 
-from hookhub.errors import Unauthorized
+from hookhub.errors import BadRequest, Unauthorized
 from hookhub.events import Event
 from hookhub.providers.base import (
     EventId,
@@ -20,6 +19,7 @@ from hookhub.providers.base import (
     Provider,
     TokenSettings,
     any_equal,
+    load_json,
     parse_envelope,
     register,
 )
@@ -38,8 +38,8 @@ class HotmartEnvelope(BaseModel):
 
 def _body_token(body: bytes) -> str | None:
     try:
-        parsed = json.loads(body)
-    except ValueError:
+        parsed = load_json(body)
+    except BadRequest:
         return None
     token = parsed.get("hottok") if isinstance(parsed, dict) else None
     return token if isinstance(token, str) and token else None

@@ -8,7 +8,6 @@ of being ingested (Slack sends it once, when the Request URL is saved). Retries 
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 from pydantic import BaseModel
@@ -26,6 +25,7 @@ from hookhub.providers.base import (
     check_timestamp,
     expected_digests,
     is_form_encoded,
+    load_json,
     parse_envelope,
     register,
     require_header,
@@ -67,8 +67,8 @@ class Slack(Provider[SlackSettings]):
 
     def special_reply(self, request: InboundRequest) -> Reply | None:
         try:
-            body = json.loads(request.body)
-        except ValueError:
+            body = load_json(request.body)
+        except BadRequest:
             return None  # to_event reports the body
         if not isinstance(body, dict) or body.get("type") != "url_verification":
             return None

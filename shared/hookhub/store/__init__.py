@@ -1,6 +1,22 @@
-"""The state store: ingest records (and, with fan-out, the delivery log)."""
+"""The state store: ingest claims, the attempt log with its dead letters, subscription states."""
 
-from hookhub.store.base import ClaimResult, EventKey, IngestRecord, Store, StoreUnavailable
+from hookhub.store.base import (
+    AttemptLog,
+    ClaimStore,
+    Store,
+    StoreRejected,
+    StoreUnavailable,
+    SubscriptionStates,
+)
+from hookhub.store.records import (
+    AttemptRecord,
+    ClaimResult,
+    DeadLetter,
+    DeliveryState,
+    EventKey,
+    IngestRecord,
+    SubscriptionState,
+)
 from hookhub.store.sql import SqlStore
 
 
@@ -9,4 +25,20 @@ def open_store(url: str) -> Store:
     return SqlStore(url)
 
 
-__all__ = ["ClaimResult", "EventKey", "IngestRecord", "SqlStore", "Store", "StoreUnavailable", "open_store"]
+__all__ = [
+    "AttemptLog",
+    "AttemptRecord",
+    "ClaimResult",
+    "ClaimStore",
+    "DeadLetter",
+    "DeliveryState",
+    "EventKey",
+    "IngestRecord",
+    "SqlStore",
+    "Store",
+    "StoreRejected",
+    "StoreUnavailable",
+    "SubscriptionState",
+    "SubscriptionStates",
+    "open_store",
+]

@@ -1,4 +1,4 @@
-"""The store interface: the ingest record of every event (dedup now, tracing later).
+"""The store's interfaces, one per concern, and the two ways a store call fails.
 
 Deduplication is a claim: the first request to insert `(source, id)` owns the event and
 publishes it; any other copy, concurrent or later, sees the claim and does not publish.
@@ -9,148 +9,134 @@ crashed between confirm and settle) may be taken over: a duplicate is possible o
 
 from __future__ import annotations
 
-import enum
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Protocol
 
-EventKey = tuple[str, str]  # (source, id)
-
-
-class ClaimResult(enum.Enum):
-    NEW = "new"  # this caller owns the event and must publish it
-    DUPLICATE = "duplicate"  # already accepted: answer 200 "duplicate"
-    IN_FLIGHT = "in_flight"  # another process is publishing it right now
-
-
-@dataclass(slots=True)
-class IngestRecord:
-    source: str
-    event_id: str
-    type: str
-    origin: str  # the provider or producer name that received it
-    correlation_id: str
-    received_at: float  # unix seconds
-    status: str = "pending"  # pending | accepted
-
-    @property
-    def key(self) -> EventKey:
-        return (self.source, self.event_id)
-
-
-@dataclass(slots=True)
-class AttemptRecord:
-    """One HTTP attempt to deliver one event to one subscription."""
-
-    delivery_id: str  # stable across attempts (the `webhook-id` the subscriber sees)
-    subscription: str
-    source: str
-    event_id: str
-    event_type: str
-    correlation_id: str
-    attempt: int
-    attempted_at: float  # unix seconds
-    status_code: int | None  # None: no HTTP answer (timeout, connection error)
-    latency_ms: float
-    error: str | None
-    outcome: str  # delivered | retry | dead | disabled
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    """A delivery that ran out of attempts (or met a non-retryable 4xx): kept to be replayed."""
-
-    delivery_id: str
-    subscription: str
-    source: str
-    event_id: str
-    event_type: str
-    correlation_id: str
-    attributes: dict[str, str]  # the CloudEvent's attributes, to rebuild it on replay
-    data: bytes
-    attempts: int
-    last_status: int | None
-    last_error: str | None
-    dead_at: float
-    replayed_at: float | None = None
-
-
-class SubscriptionState(enum.Enum):
-    ACTIVE = "active"
-    PAUSED = "paused"  # by an operator: events wait in the queue
-    DISABLED = "disabled"  # the subscriber answered 410: events wait until it is resumed
+from hookhub.store.records import (
+    AttemptRecord,
+    ClaimResult,
+    DeadLetter,
+    DeliveryState,
+    EventKey,
+    IngestRecord,
+    SubscriptionState,
+)
 
 
 class StoreUnavailable(Exception):
-    """The store could not be reached or written."""
+    """The store could not be reached or written: try again later."""
 
 
-class Store(ABC):
-    @abstractmethod
-    async def start(self) -> None:
-        """Create the schema if needed. Raises StoreUnavailable when unreachable."""
+class StoreRejected(ValueError):
+    """The database refused this record itself (a NUL character, an over-long or unencodable
+    value): retrying will not help. Other callers' writes in the same batch are not affected."""
 
-    @abstractmethod
+
+class ClaimStore(Protocol):
+    """The ingest record of every event: dedup now, tracing by correlation id."""
+
     async def claim(self, records: Sequence[IngestRecord]) -> list[ClaimResult]:
         """Claim each record's key; results in the same order as `records`."""
+        ...
 
-    @abstractmethod
     async def settle(self, keys: Sequence[EventKey]) -> None:
         """Mark claims accepted: the broker confirmed their events."""
+        ...
 
-    @abstractmethod
     async def release(self, keys: Sequence[EventKey]) -> None:
         """Drop pending claims whose publish failed, so a retry can claim them again."""
+        ...
 
-    @abstractmethod
-    async def ingest_record(self, key: EventKey) -> IngestRecord | None:
+    async def record(self, key: EventKey) -> IngestRecord | None:
         """The record for one event, or None."""
+        ...
 
-    @abstractmethod
-    async def records_by_correlation(self, correlation_id: str, limit: int = 100) -> list[IngestRecord]:
+    async def by_correlation(self, correlation_id: str, limit: int = 100) -> list[IngestRecord]:
         """Every ingest record sharing a correlation id, oldest first."""
+        ...
 
-    @abstractmethod
-    async def ping(self) -> bool:
-        """True while the store answers."""
 
-    @abstractmethod
-    async def close(self) -> None:
-        """Flush pending writes and disconnect."""
+class AttemptLog(Protocol):
+    """Every delivery attempt, and the dead letters kept for replay."""
 
-    # Delivery log (fan-out) ---------------------------------------------------------------
+    async def record(self, attempt: AttemptRecord, dead_letter: DeadLetter | None = None) -> None:
+        """Log an attempt (and its dead letter, if it ended there) before the broker ack.
 
-    @abstractmethod
-    async def record_attempt(self, attempt: AttemptRecord, dead_letter: DeadLetter | None = None) -> None:
-        """Durably log an attempt (and its dead letter, if it ended there) before the broker acks.
-
-        Committed synchronously even where the ingest claims are not (PostgreSQL's
-        synchronous_commit): a dead letter must survive a database crash once its message is gone.
+        Once it returns, the write survives a crash of this process; one that carries a dead
+        letter also survives a crash of the database server (its commit waits for the disk),
+        since after the ack the dead letter is the event's only copy.
         """
+        ...
 
-    @abstractmethod
-    async def attempts_for_event(self, source: str, event_id: str) -> list[AttemptRecord]:
+    async def for_event(self, source: str, event_id: str) -> list[AttemptRecord]:
         """Every attempt for one event, all subscriptions, oldest first."""
+        ...
 
-    @abstractmethod
-    async def attempt_count(self, delivery_id: str) -> int:
-        """Attempts made so far for one delivery (the Knative path numbers attempts from it)."""
+    async def delivery_state(self, delivery_id: str) -> DeliveryState:
+        """Attempts made so far for one delivery, and when its pending retry is due."""
+        ...
 
-    @abstractmethod
     async def dead_letters(self, subscription: str | None = None, limit: int = 100) -> list[DeadLetter]:
         """Dead letters not yet replayed, oldest first."""
+        ...
 
-    @abstractmethod
     async def mark_replayed(self, delivery_ids: Sequence[str]) -> int:
         """Take dead letters off the list once their replay is published; returns how many.
 
         A replayed delivery that dies again becomes a dead letter again (same delivery id).
         """
+        ...
 
-    @abstractmethod
-    async def subscription_states(self) -> dict[str, SubscriptionState]:
-        """Subscriptions whose state differs from active (absent means active)."""
 
-    @abstractmethod
-    async def set_subscription_state(self, name: str, state: SubscriptionState, reason: str = "") -> None:
+class SubscriptionStates(Protocol):
+    """The operator's (and a 410's) word on each subscription; absent means active."""
+
+    async def all(self) -> dict[str, SubscriptionState]:
+        """Subscriptions whose state is not active."""
+        ...
+
+    async def set(self, name: str, state: SubscriptionState, reason: str = "") -> None:
         """Pause, disable (on 410) or resume a subscription, durably."""
+        ...
+
+
+class Store(Protocol):
+    """The three concerns over one database, and its lifecycle."""
+
+    @property
+    def claims(self) -> ClaimStore: ...
+
+    @property
+    def attempts(self) -> AttemptLog: ...
+
+    @property
+    def subscriptions(self) -> SubscriptionStates: ...
+
+    async def start(self) -> None:
+        """Create the schema if needed. Raises StoreUnavailable when unreachable."""
+        ...
+
+    async def ping(self) -> bool:
+        """True while the database answers; concurrent callers share one bounded check."""
+        ...
+
+    async def close(self) -> None:
+        """Flush pending writes and disconnect."""
+        ...
+
+
+__all__ = [
+    "AttemptLog",
+    "AttemptRecord",
+    "ClaimResult",
+    "ClaimStore",
+    "DeadLetter",
+    "DeliveryState",
+    "EventKey",
+    "IngestRecord",
+    "Store",
+    "StoreRejected",
+    "StoreUnavailable",
+    "SubscriptionState",
+    "SubscriptionStates",
+]

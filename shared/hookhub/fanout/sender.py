@@ -1,11 +1,8 @@
-"""One delivery attempt to one subscriber, and what to do after it.
+"""One attempt: a single signed HTTP POST of one event to one subscriber.
 
-`Deliverer.post` makes exactly one HTTP POST (CloudEvents binary mode, signed per Standard
-Webhooks) and reports what happened as an `AttemptResult`; it never raises for anything the
-network or the subscriber does. `decide` turns that result into the next step (delivered, retry
-after a delay, dead letter, or disable the subscription). The dispatcher owns the loop around
-them: concurrency limits, scheduling retries, and logging each attempt to the store *before*
-acknowledging the broker (`attempt_record` / `dead_letter` build what the store wants).
+`Sender.post` speaks CloudEvents binary mode, signs per Standard Webhooks, and reports what
+happened as an `AttemptResult`; it never raises for anything the network or the subscriber does,
+so every failure reaches the one decision path (`hookhub.fanout.attempts`) as data.
 """
 
 from __future__ import annotations
@@ -15,23 +12,18 @@ import base64
 import email.utils
 import errno
 import hashlib
-import math
-import random
 import re
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from importlib.metadata import PackageNotFoundError, version
-from typing import Literal
 
 import aiohttp
 
-from hookhub.config import Backoff, SubscriptionConfig
+from hookhub.config import SubscriptionConfig
 from hookhub.events import SPECVERSION, Event
 from hookhub.signing import sign_with_key, signing_key
-from hookhub.store.base import AttemptRecord, DeadLetter
 
 try:
     __version__ = version("hookhub")
@@ -42,13 +34,11 @@ USER_AGENT = f"hookhub/{__version__}"
 MAX_RESPONSE_READ = 64 * 1024  # read (and discard) this much of a response so the connection is reused
 MAX_ERROR_BODY_CHARS = 200  # of a non-2xx response body, kept in the attempt's error text
 
-Outcome = Literal["delivered", "retry", "dead", "disabled"]
-
 
 def delivery_id(subscription: str, event: Event) -> str:
     """The `webhook-id` of one event's delivery to one subscription: the same on every attempt and
     in every process (a hash, not a random id), so subscribers can deduplicate on it even across
-    a hub crash, and `attempt_count` can number the attempts of a redelivered message."""
+    a hub crash, and the attempt log can number the attempts of a redelivered message."""
     digest = hashlib.sha256(f"{subscription}\0{event.source}\0{event.id}".encode()).digest()
     return "msg_" + base64.b32encode(digest).decode("ascii")[:26].lower()
 
@@ -61,12 +51,6 @@ class AttemptResult:
     latency_ms: float
     error: str | None = None  # short, never a secret: `timeout after 10s`, `HTTP 500: <body start>`
     retry_after: float | None = None  # seconds, from Retry-After on a 429 or 503
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    outcome: Outcome
-    delay: float = 0.0  # seconds before the next attempt (only for "retry")
 
 
 # CloudEvents HTTP binding §3.1.3.2: space, `"`, `%` and anything outside printable ASCII are
@@ -101,7 +85,7 @@ def cloudevent_headers(event: Event) -> dict[str, str]:
     return headers
 
 
-class Deliverer:
+class Sender:
     """Posts deliveries over one shared aiohttp session (keep-alive connections per subscriber).
 
     The connector has no global connection cap: the dispatcher bounds concurrency per
@@ -262,92 +246,3 @@ def parse_retry_after(value: str, now: float | None = None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def backoff_delay(backoff: Backoff, attempt: int, rng: Callable[[], float] = random.random) -> float:
-    """Delay after failed attempt `attempt` (1-based): exponential, capped, then jittered down.
-
-    `jitter` is the fraction of the delay that is random (1.0 = full jitter), which spreads the
-    retries of many deliveries that failed together instead of firing them in lockstep.
-    """
-    try:
-        delay = min(backoff.max, backoff.initial * backoff.multiplier ** (attempt - 1))
-    except OverflowError:
-        delay = backoff.max
-    if math.isnan(delay):  # 0 * inf
-        delay = backoff.max
-    return delay * (1.0 - backoff.jitter * rng())
-
-
-RETRY_AFTER_MAX_SECONDS = 3600.0
-
-
-def decide(
-    result: AttemptResult,
-    attempt: int,
-    sub: SubscriptionConfig,
-    rng: Callable[[], float] = random.random,
-) -> Decision:
-    """What follows attempt number `attempt` (1-based), per the SPEC's fan-out rules."""
-    status = result.status
-    if status is not None and 200 <= status < 300:
-        return Decision("delivered")
-    if status == 410:  # the subscriber says it is gone: stop, keep the events queued
-        return Decision("disabled")
-    # Retryable: no answer (timeout, connection error), 429, 5xx, and 3xx: redirects are not
-    # followed, so a redirect is a subscriber misconfiguration that may be fixed; treat it like a
-    # server error rather than losing the event. Any other 4xx will not get better by retrying.
-    retryable = status is None or status == 429 or not 400 <= status < 500
-    if not retryable or attempt >= sub.max_attempts:
-        return Decision("dead")
-    if result.retry_after is not None:
-        # the subscriber knows when it can take more: wait that long, even beyond our own
-        # backoff.max, but never longer than RETRY_AFTER_MAX_SECONDS (a bogus far-off date)
-        return Decision("retry", min(result.retry_after, max(sub.backoff.max, RETRY_AFTER_MAX_SECONDS)))
-    return Decision("retry", backoff_delay(sub.backoff, attempt, rng))
-
-
-def attempt_record(
-    subscription: str,
-    event: Event,
-    delivery_id: str,
-    attempt: int,
-    result: AttemptResult,
-    outcome: Outcome,
-    attempted_at: float,
-) -> AttemptRecord:
-    """The store's log entry for one attempt (`attempted_at`: unix seconds when it started)."""
-    return AttemptRecord(
-        delivery_id=delivery_id,
-        subscription=subscription,
-        source=event.source,
-        event_id=event.id,
-        event_type=event.type,
-        correlation_id=event.correlationid,
-        attempt=attempt,
-        attempted_at=attempted_at,
-        status_code=result.status,
-        latency_ms=result.latency_ms,
-        error=result.error,
-        outcome=outcome,
-    )
-
-
-def dead_letter(
-    subscription: str, event: Event, delivery_id: str, attempts: int, result: AttemptResult
-) -> DeadLetter:
-    """The replayable dead letter for a delivery whose last attempt was `result`."""
-    return DeadLetter(
-        delivery_id=delivery_id,
-        subscription=subscription,
-        source=event.source,
-        event_id=event.id,
-        event_type=event.type,
-        correlation_id=event.correlationid,
-        attributes=event.attributes(),
-        data=event.data,
-        attempts=attempts,
-        last_status=result.status,
-        last_error=result.error,
-        dead_at=time.time(),
-    )

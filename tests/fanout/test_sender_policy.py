@@ -14,19 +14,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from hookhub.config import SubscriptionConfig
-from hookhub.delivery import (
-    USER_AGENT,
-    AttemptResult,
-    Decision,
-    Deliverer,
-    attempt_record,
-    backoff_delay,
-    dead_letter,
-    decide,
-    delivery_id,
-    parse_retry_after,
-)
 from hookhub.events import Event
+from hookhub.fanout.policy import Decision, Verdict, backoff_delay, decide
+from hookhub.fanout.sender import USER_AGENT, AttemptResult, Sender, delivery_id, parse_retry_after
 from tests.support.subscriber import Subscriber, running_subscriber
 
 SECRET = "whsec_" + base64.b64encode(b"delivery-test-signing-key-32byte").decode()
@@ -56,14 +46,14 @@ def sub() -> Iterator[Subscriber]:
 
 
 @pytest.fixture
-async def deliverer() -> AsyncIterator[Deliverer]:
-    d = Deliverer()
+async def deliverer() -> AsyncIterator[Sender]:
+    d = Sender()
     yield d
     await d.close()
 
 
 async def post(
-    deliverer: Deliverer, url: str, event: Event | None = None, attempt: int = 1, **overrides: Any
+    deliverer: Sender, url: str, event: Event | None = None, attempt: int = 1, **overrides: Any
 ) -> AttemptResult:
     event = event or make_event()
     return await deliverer.post(
@@ -75,7 +65,7 @@ async def post(
 
 
 async def test_cloudevents_binary_mode_signed_per_standard_webhooks(
-    sub: Subscriber, deliverer: Deliverer
+    sub: Subscriber, deliverer: Sender
 ) -> None:
     event = make_event()
     result = await post(deliverer, sub.url("/hooks"), event, attempt=3, secret=SECRET)
@@ -101,7 +91,7 @@ async def test_cloudevents_binary_mode_signed_per_standard_webhooks(
 
 
 async def test_body_is_byte_identical_and_content_type_as_received(
-    sub: Subscriber, deliverer: Deliverer
+    sub: Subscriber, deliverer: Sender
 ) -> None:
     data = bytes(range(256)) + b'\r\n{"a":  1 }\n'
     event = make_event(data=data, datacontenttype="application/x-custom; charset=latin-1")
@@ -112,7 +102,7 @@ async def test_body_is_byte_identical_and_content_type_as_received(
 
 
 async def test_no_content_type_without_one_and_no_signature_without_a_secret(
-    sub: Subscriber, deliverer: Deliverer
+    sub: Subscriber, deliverer: Sender
 ) -> None:
     await post(deliverer, sub.url(), make_event(datacontenttype=None))
     [received] = sub.requests()
@@ -121,9 +111,7 @@ async def test_no_content_type_without_one_and_no_signature_without_a_secret(
     assert "webhook-id" in received.headers and "webhook-timestamp" in received.headers
 
 
-async def test_optional_attributes_extensions_and_header_encoding(
-    sub: Subscriber, deliverer: Deliverer
-) -> None:
+async def test_optional_attributes_extensions_and_header_encoding(sub: Subscriber, deliverer: Sender) -> None:
     event = make_event(
         subject="invoices/42 ünïcode",
         dataschema="https://schemas.example/invoice.json",
@@ -136,22 +124,20 @@ async def test_optional_attributes_extensions_and_header_encoding(
     assert h["ce-traceparent"] == "00-abc-def-01" and h["ce-tenant"] == "acme"
 
 
-async def test_no_cookies_are_kept(sub: Subscriber, deliverer: Deliverer) -> None:
+async def test_no_cookies_are_kept(sub: Subscriber, deliverer: Sender) -> None:
     sub.status(200, {"Set-Cookie": "session=abc; Path=/"})
     await post(deliverer, sub.url())
     await post(deliverer, sub.url())
     assert [r.headers.get("Cookie") for r in sub.requests()] == [None, None]
 
 
-async def test_connections_are_kept_alive(sub: Subscriber, deliverer: Deliverer) -> None:
+async def test_connections_are_kept_alive(sub: Subscriber, deliverer: Sender) -> None:
     for _ in range(5):
         assert (await post(deliverer, sub.url())).status == 200
     assert len({r.peer_port for r in sub.requests()}) == 1
 
 
-async def test_concurrent_posts_are_not_capped_by_the_deliverer(
-    sub: Subscriber, deliverer: Deliverer
-) -> None:
+async def test_concurrent_posts_are_not_capped_by_the_deliverer(sub: Subscriber, deliverer: Sender) -> None:
     sub.stall(0.3)
     started = time.monotonic()
     results = await asyncio.gather(*[post(deliverer, sub.url()) for _ in range(150)])
@@ -163,7 +149,7 @@ async def test_concurrent_posts_are_not_capped_by_the_deliverer(
 # Answers and failures ------------------------------------------------------------------------
 
 
-async def test_a_redirect_is_not_followed(deliverer: Deliverer) -> None:
+async def test_a_redirect_is_not_followed(deliverer: Sender) -> None:
     with running_subscriber() as first, running_subscriber() as elsewhere:
         first.redirect(elsewhere.url("/stolen"))
         result = await post(deliverer, first.url(), secret=SECRET)
@@ -171,10 +157,10 @@ async def test_a_redirect_is_not_followed(deliverer: Deliverer) -> None:
         assert result.error is not None and "redirects are not followed" in result.error
         await asyncio.sleep(0.1)
         assert elsewhere.requests() == []
-    assert decide(result, 1, subscription()).outcome == "retry"
+    assert decide(result, 1, subscription()).verdict is Verdict.RETRY
 
 
-async def test_timeout_on_a_stalling_subscriber(sub: Subscriber, deliverer: Deliverer) -> None:
+async def test_timeout_on_a_stalling_subscriber(sub: Subscriber, deliverer: Sender) -> None:
     sub.stall(5)
     started = time.monotonic()
     result = await post(deliverer, sub.url(), timeout="300ms")
@@ -183,7 +169,7 @@ async def test_timeout_on_a_stalling_subscriber(sub: Subscriber, deliverer: Deli
     assert 250 <= result.latency_ms < 2000
 
 
-async def test_connection_refused_on_a_closed_port(sub: Subscriber, deliverer: Deliverer) -> None:
+async def test_connection_refused_on_a_closed_port(sub: Subscriber, deliverer: Sender) -> None:
     url = sub.url()
     assert (await post(deliverer, url)).status == 200
     sub.stop()
@@ -195,7 +181,7 @@ async def test_connection_refused_on_a_closed_port(sub: Subscriber, deliverer: D
     assert (await post(deliverer, url)).status == 200
 
 
-async def test_error_text_keeps_the_start_of_the_body_only(sub: Subscriber, deliverer: Deliverer) -> None:
+async def test_error_text_keeps_the_start_of_the_body_only(sub: Subscriber, deliverer: Sender) -> None:
     sub.status(500, body=b"database   exploded\n" + b"x" * 500_000)
     result = await post(deliverer, sub.url())
     assert result.status == 500 and result.retry_after is None
@@ -205,7 +191,7 @@ async def test_error_text_keeps_the_start_of_the_body_only(sub: Subscriber, deli
     assert (await post(deliverer, sub.url())).error == "HTTP 404"
 
 
-async def test_retry_after_seconds_on_429_and_http_date_on_503(sub: Subscriber, deliverer: Deliverer) -> None:
+async def test_retry_after_seconds_on_429_and_http_date_on_503(sub: Subscriber, deliverer: Sender) -> None:
     sub.status(429, {"Retry-After": "7"})
     assert (await post(deliverer, sub.url())).retry_after == 7.0
     sub.status(503, {"Retry-After": formatdate(time.time() + 120, usegmt=True)})
@@ -216,7 +202,7 @@ async def test_retry_after_seconds_on_429_and_http_date_on_503(sub: Subscriber, 
 
 
 async def test_the_session_follows_the_running_loop(sub: Subscriber) -> None:
-    deliverer = Deliverer()
+    deliverer = Sender()
     assert (await post(deliverer, sub.url())).status == 200
     await deliverer.close()
     assert (await post(deliverer, sub.url())).status == 200  # reopened after close
@@ -251,27 +237,27 @@ NO_JITTER: dict[str, Any] = {
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
 def test_2xx_is_delivered(status: int) -> None:
-    assert decide(result(status), 5, subscription(**NO_JITTER)) == Decision("delivered")
+    assert decide(result(status), 5, subscription(**NO_JITTER)) == Decision(Verdict.DELIVERED)
 
 
 @pytest.mark.parametrize("attempt", [1, 5])
 def test_410_disables_the_subscription(attempt: int) -> None:
-    assert decide(result(410), attempt, subscription(**NO_JITTER)) == Decision("disabled")
+    assert decide(result(410), attempt, subscription(**NO_JITTER)) == Decision(Verdict.PARKED, disable=True)
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 408, 413, 422])
 def test_other_4xx_is_dead_at_once(status: int) -> None:
-    assert decide(result(status), 1, subscription(**NO_JITTER)) == Decision("dead")
+    assert decide(result(status), 1, subscription(**NO_JITTER)) == Decision(Verdict.DEAD)
 
 
 @pytest.mark.parametrize("status", [None, 429, 500, 502, 503, 504, 301, 302, 307])
 def test_retryable_failures_back_off_exponentially_then_die(status: int | None) -> None:
     sub = subscription(**NO_JITTER)
     delays = [decide(result(status), attempt, sub).delay for attempt in range(1, 5)]
-    assert [decide(result(status), a, sub).outcome for a in range(1, 5)] == ["retry"] * 4
+    assert [decide(result(status), a, sub).verdict for a in range(1, 5)] == [Verdict.RETRY] * 4
     assert delays == [1.0, 2.0, 4.0, 8.0]
-    assert decide(result(status), 5, sub) == Decision("dead")  # attempt == max_attempts
-    assert decide(result(status), 6, sub) == Decision("dead")
+    assert decide(result(status), 5, sub) == Decision(Verdict.DEAD)  # attempt == max_attempts
+    assert decide(result(status), 6, sub) == Decision(Verdict.DEAD)
 
 
 def test_backoff_is_capped_at_max() -> None:
@@ -306,13 +292,15 @@ def test_default_backoff_is_full_jitter() -> None:
 
 def test_retry_after_replaces_the_backoff_unjittered_and_bounded() -> None:
     sub = subscription(**NO_JITTER)
-    assert decide(result(429, retry_after=30), 1, sub) == Decision("retry", 30.0)
-    assert decide(result(503, retry_after=0), 3, sub) == Decision("retry", 0.0)
-    assert decide(result(429, retry_after=600), 1, sub) == Decision("retry", 600.0)  # beyond backoff.max
-    assert decide(result(429, retry_after=86400), 1, sub) == Decision("retry", 3600.0)  # a bogus date
+    assert decide(result(429, retry_after=30), 1, sub) == Decision(Verdict.RETRY, 30.0)
+    assert decide(result(503, retry_after=0), 3, sub) == Decision(Verdict.RETRY, 0.0)
+    assert decide(result(429, retry_after=600), 1, sub) == Decision(
+        Verdict.RETRY, 600.0
+    )  # beyond backoff.max
+    assert decide(result(429, retry_after=86400), 1, sub) == Decision(Verdict.RETRY, 3600.0)  # a bogus date
     jittered = subscription(backoff={"initial": "1s", "max": "60s", "jitter": 1})
     assert decide(result(429, retry_after=30), 1, jittered, rng=lambda: 0.9).delay == 30.0
-    assert decide(result(429, retry_after=30), 5, sub) == Decision("dead")  # the limit still holds
+    assert decide(result(429, retry_after=30), 5, sub) == Decision(Verdict.DEAD)  # the limit still holds
 
 
 def test_backoff_delay_directly() -> None:
@@ -329,26 +317,3 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon") is None
     assert parse_retry_after("-5") is None
     assert parse_retry_after("") is None
-
-
-def test_store_records_from_a_result() -> None:
-    event = make_event(extensions={"tenant": "acme"})
-    did = delivery_id("crm", event)
-    res = AttemptResult(503, 42.5, "HTTP 503", 3.0)
-    record = attempt_record("crm", event, did, 2, res, "retry", 1700000000.0)
-    assert (record.delivery_id, record.subscription, record.event_id, record.attempt) == (
-        did,
-        "crm",
-        event.id,
-        2,
-    )
-    assert (record.status_code, record.latency_ms, record.error, record.outcome) == (
-        503,
-        42.5,
-        "HTTP 503",
-        "retry",
-    )
-    assert record.correlation_id == "corr-1" and record.event_type == event.type
-    letter = dead_letter("crm", event, did, 8, res)
-    assert letter.data == event.data and letter.attempts == 8 and letter.last_status == 503
-    assert Event.from_attributes(letter.attributes, letter.data) == event  # replayable as it was

@@ -1,0 +1,217 @@
+"""The one decision path of the fan-out: attempt result → durable record → broker action.
+
+Both deployment shapes come through here: `hookhub run`'s dispatcher with a broker lease, and the
+Knative `fanout` function with an event its RabbitmqSource POSTed. Each hands over a `Held` event,
+the narrow interface this module defines for "a queued event I may ack or put back", so the
+verdict → broker action mapping exists once:
+
+| verdict                      | broker action                                               |
+|------------------------------|-------------------------------------------------------------|
+| delivered, dead              | ack (the attempt log, and the dead letter, are durable first) |
+| retry after d seconds        | requeue as attempt n+1, due after d                         |
+| parked (a 410 was answered)  | requeue as attempt n+1, due after the shape's park delay     |
+| parked (paused, stopping)    | requeue as attempt n (nothing was sent), park delay          |
+| not yet due (came early)     | requeue as attempt n, due at its not-before time (a wait     |
+|                              | under `EARLY_WAIT_SECONDS` is waited out in-process instead)  |
+
+The park delay is the only thing the shapes set differently: the dispatcher stops consuming a
+parked subscription, so its events can wait in the queue due at once (0); a RabbitmqSource keeps
+pushing whatever is due, so the Knative function defers a parked event by `PARK_RECHECK_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from hookhub.clock import SYSTEM_CLOCK, Clock
+from hookhub.config import SubscriptionConfig
+from hookhub.events import Event
+from hookhub.fanout.policy import Decision, Verdict, decide
+from hookhub.fanout.sender import AttemptResult, Sender, delivery_id
+from hookhub.metrics import Metrics
+from hookhub.store.base import AttemptLog, AttemptRecord, DeadLetter, SubscriptionState, SubscriptionStates
+
+log = logging.getLogger(__name__)
+
+PARK_RECHECK_SECONDS = 60.0  # Knative: how often a parked event comes back to look at its state
+EARLY_WAIT_SECONDS = 1.0  # an event this close to its due time waits in-process, not in the broker
+
+
+class Held(Protocol):
+    """A queued event this process holds until it acks it or puts it back."""
+
+    event: Event
+    attempt: int  # the number the next POST carries (1 for a fresh event)
+    not_before: float | None  # unix time before which it must not be attempted (None: now)
+
+    async def ack(self) -> None:
+        """Remove it: its outcome is durable elsewhere."""
+
+    async def requeue(self, attempt: int, delay: float) -> None:
+        """Put it back as `attempt`, due after `delay` seconds, durably before letting go."""
+
+
+@dataclass(slots=True)
+class Target:
+    """One subscription as the decision path sees it."""
+
+    name: str
+    config: SubscriptionConfig
+    active: Callable[[], bool]  # re-read right before the POST: a pause lands between events
+    slots: asyncio.Semaphore | None = None  # bounds concurrent POSTs (max_in_flight) where set
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What happened to one held event: the verdict, and the attempt it was (if one was made)."""
+
+    verdict: Verdict
+    attempt: int
+    delay: float = 0.0
+    result: AttemptResult | None = None  # None: no POST was made (parked, or not yet due)
+    disabled: bool = False  # this attempt disabled the subscription (410)
+
+
+class Attempts:
+    """Makes one attempt for a held event and settles it; see the module docstring."""
+
+    def __init__(
+        self,
+        sender: Sender,
+        attempt_log: AttemptLog,
+        states: SubscriptionStates,
+        metrics: Metrics,
+        *,
+        park_delay: float,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.sender = sender
+        self.attempt_log = attempt_log
+        self.states = states
+        self.metrics = metrics
+        self.park_delay = park_delay
+        self.clock = clock
+
+    async def handle(self, target: Target, held: Held) -> Step:
+        """Attempt `held` once (unless parked or early), record the outcome, then settle it.
+
+        Raises `StoreUnavailable` (nothing settled: the caller hands the event back later) or
+        `BrokerUnavailable` (the outcome is recorded but the broker did not take the action).
+        """
+        early = 0.0 if held.not_before is None else held.not_before - self.clock.now()
+        if early > EARLY_WAIT_SECONDS:
+            await held.requeue(held.attempt, early)
+            return Step(Verdict.RETRY, held.attempt, early)
+        if early > 0:  # a requeue this short would come straight back: wait it out here
+            await self.clock.sleep(early)
+        if not target.active():
+            return await self._park(held, held.attempt)
+        if target.slots is None:
+            return await self._attempt(target, held)
+        async with target.slots:  # held for the POST only: recording needs no subscriber slot
+            if not target.active():
+                return await self._park(held, held.attempt)
+            started, result = await self._post(target, held)
+        return await self._settle(target, held, started, result)
+
+    async def _attempt(self, target: Target, held: Held) -> Step:
+        started, result = await self._post(target, held)
+        return await self._settle(target, held, started, result)
+
+    async def _post(self, target: Target, held: Held) -> tuple[float, AttemptResult]:
+        started = self.clock.now()
+        result = await self.sender.post(
+            target.name,
+            target.config,
+            held.event,
+            attempt=held.attempt,
+            delivery_id=delivery_id(target.name, held.event),
+        )
+        return started, result
+
+    async def _settle(self, target: Target, held: Held, started: float, result: AttemptResult) -> Step:
+        decision = decide(result, held.attempt, target.config)
+        await self._record(target.name, held, started, result, decision)
+        self.metrics.deliveries.labels(target.name, decision.verdict.value).inc()
+        self.metrics.delivery_latency.labels(target.name).observe(result.latency_ms / 1000)
+        if decision.disable:
+            await self.states.set(target.name, SubscriptionState.DISABLED, "endpoint answered 410 Gone")
+            log.warning(
+                "subscription %s disabled: its endpoint answered 410 Gone; its events wait in its queue",
+                target.name,
+                extra=_context(target.name, held.event, state="disabled"),
+            )
+        verdict = decision.verdict
+        if verdict in (Verdict.DELIVERED, Verdict.DEAD):
+            await held.ack()
+        elif verdict is Verdict.RETRY:
+            await held.requeue(held.attempt + 1, decision.delay)
+        else:
+            await held.requeue(held.attempt + 1, self.park_delay)
+        return Step(verdict, held.attempt, decision.delay, result, decision.disable)
+
+    async def _park(self, held: Held, attempt: int) -> Step:
+        await held.requeue(attempt, self.park_delay)
+        return Step(Verdict.PARKED, attempt, self.park_delay)
+
+    async def _record(
+        self, name: str, held: Held, started: float, result: AttemptResult, decision: Decision
+    ) -> None:
+        event, did = held.event, delivery_id(name, held.event)
+        dead = None
+        if decision.verdict is Verdict.DEAD:
+            dead = DeadLetter(
+                delivery_id=did,
+                subscription=name,
+                source=event.source,
+                event_id=event.id,
+                event_type=event.type,
+                correlation_id=event.correlationid,
+                attributes=event.attributes(),
+                data=event.data,
+                attempts=held.attempt,
+                last_status=result.status,
+                last_error=result.error,
+                dead_at=self.clock.now(),
+            )
+        record = AttemptRecord(
+            delivery_id=did,
+            subscription=name,
+            source=event.source,
+            event_id=event.id,
+            event_type=event.type,
+            correlation_id=event.correlationid,
+            attempt=held.attempt,
+            attempted_at=started,
+            status_code=result.status,
+            latency_ms=result.latency_ms,
+            error=result.error,
+            verdict=decision.verdict.value,
+            next_attempt_at=started + decision.delay if decision.verdict is Verdict.RETRY else None,
+        )
+        await self.attempt_log.record(record, dead)
+        if dead is not None:
+            self.metrics.dead_letters.labels(name).inc()
+            log.warning(
+                "dead letter: event %s to subscription %s after %d attempts (%s)",
+                event.id,
+                name,
+                held.attempt,
+                result.error or f"HTTP {result.status}",
+                extra=_context(name, event, attempts=held.attempt, status=result.status),
+            )
+
+
+def _context(subscription: str, event: Event, **more: object) -> dict[str, object]:
+    """The `extra` of a fan-out log line: what an operator greps or filters on."""
+    return {
+        "subscription": subscription,
+        "event_id": event.id,
+        "correlation_id": event.correlationid,
+        "event_type": event.type,
+        **more,
+    }

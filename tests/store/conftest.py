@@ -1,0 +1,19 @@
+"""The store contract runs against SQLite (a temporary file) and PostgreSQL (the shared `test`
+database: every test writes ids of its own and asserts only on the rows it wrote)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from hookhub.store import SqlStore
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_sqlite_url: str) -> AsyncIterator[SqlStore]:
+    url = tmp_sqlite_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    store = SqlStore(url)
+    await store.start()
+    yield store
+    await store.close()
