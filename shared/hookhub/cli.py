@@ -99,8 +99,9 @@ def run(
     import uvicorn
 
     from hookhub.demo import demo_mismatches, demo_route
+    from hookhub.serving import uvicorn_options
     from hookhub.startup import log_startup
-    from hookhub.web import create_app, uvicorn_options
+    from hookhub.web import create_app
 
     hub_config = _load(config)
     try:

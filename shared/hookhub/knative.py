@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote, urlparse
 import yaml
 
 from hookhub.broker.base import Topology
-from hookhub.config import HubConfig, SubscriptionConfig, load_config, parse_config
+from hookhub.config import HubConfig, SubscriptionConfig, load_config, load_yaml, parse_config
 from hookhub.errors import ConfigError
 
 SERVING_API = "serving.knative.dev/v1"
@@ -399,9 +399,5 @@ def load_hub_config(
             source = f"{path} data.{CONFIG_KEY}"
             if not isinstance(text, str):
                 raise ConfigError(f"{source}: missing: this ConfigMap holds no hookhub.yaml")
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-            return parse_config(data, source, env)
+            return parse_config(load_yaml(text, source), source, env)
     return load_config(path, env)

@@ -187,11 +187,13 @@ def rabbit_delete_topology(
     """Delete a test namespace: its queues, exchanges, redeliver exchange and delay tiers
     (a tier's exchange and queue share its name; deleting what was never declared is fine)."""
     from hookhub.broker.rabbitmq import redeliver_exchange
+    from hookhub.broker.rabbitmq.topology import record_queue
 
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
         channel = connection.channel()
-        for queue in {topology.unrouted_queue, topology.dead_queue, *queues, *delay_names}:
+        fixed = {topology.unrouted_queue, topology.dead_queue, record_queue(topology)}
+        for queue in {*fixed, *queues, *delay_names}:
             channel.queue_delete(queue)
         for exchange in (topology.exchange, topology.unrouted_exchange, redeliver_exchange(topology)):
             channel.exchange_delete(exchange)

@@ -10,8 +10,8 @@ function in binary mode and acks it on 2xx.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -168,6 +168,9 @@ async def run_case(kind: str, case: Case, subscriber: Subscriber, tmp_path: Path
         await asyncio.sleep(0.1)  # nothing more may happen without the clock moving
         made = await records()
         first = made[0].attempted_at
+        for letter in await hub.store.attempts.dead_letters("s"):  # replayable as it was received
+            assert Event.from_attributes(letter.attributes, letter.data) == event
+            assert (letter.attempts, letter.last_status) == (made[-1].attempt, made[-1].status_code)
         depths = await broker.queue_depths()
         return {
             "attempts": tuple((r.attempt, r.verdict, round(r.attempted_at - first, 3)) for r in made),

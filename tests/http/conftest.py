@@ -21,7 +21,8 @@ import uvloop
 
 from hookhub.config import parse_config
 from hookhub.hub import Hub, close_hub
-from hookhub.web import create_app, uvicorn_options
+from hookhub.serving import uvicorn_options
+from hookhub.web import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from hookhub import web
+from hookhub import serving, web
 from tests.http.conftest import PRODUCER_TOKEN, LiveServer
 
 EVENT = json.dumps(
@@ -67,7 +67,7 @@ def server(request: pytest.FixtureRequest) -> tuple[LiveServer, str]:
 @pytest.fixture
 def short_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(web, "BODY_TIMEOUT_SECONDS", 1.0)
-    monkeypatch.setattr(web, "HEADER_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(serving, "HEADER_TIMEOUT_SECONDS", 1.0)
 
 
 def test_headers_over_the_limit_get_431(server: tuple[LiveServer, str]) -> None:

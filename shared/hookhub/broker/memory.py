@@ -13,7 +13,6 @@ Several `MemoryBroker`s on one `MemoryServer` behave like processes sharing a Ra
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import logging
@@ -27,23 +26,19 @@ from hookhub.broker.base import (
     Broker,
     BrokerUnavailable,
     Consumer,
-    HandlerTasks,
     Lease,
     LeaseHandler,
     PoisonMessage,
-    Receipt,
     Topology,
     event_from_message,
     log_orphans,
     message_headers,
 )
+from hookhub.broker.leasing import LeasedReceipt, LeasingConsumer, cancel_all, check_consume
 from hookhub.clock import SYSTEM_CLOCK, Clock
 from hookhub.events import Event
 
 log = logging.getLogger(__name__)
-
-ERROR_BACKOFF = 1.0
-RENEW_FRACTION = 1 / 3  # renew held leases this often (a fraction of the lease time)
 
 
 @dataclass(slots=True)
@@ -195,8 +190,7 @@ class MemoryBroker(Broker):
         return True
 
     async def close(self) -> None:
-        for consumer in list(self._consumers):  # their unsettled leases go back first
-            await consumer.cancel()
+        await cancel_all(self._consumers)
         self._closed = True
 
     async def queue_depths(self) -> dict[str, int]:
@@ -212,8 +206,7 @@ class MemoryBroker(Broker):
     # -- consume side ------------------------------------------------------------------------
 
     async def consume(self, queue: str, handler: LeaseHandler, *, prefetch: int, lease: float) -> Consumer:
-        if prefetch < 1 or lease <= 0:
-            raise ValueError("prefetch must be at least 1 and lease positive")
+        check_consume(prefetch, lease)
         self._open()
         consumer = _MemoryConsumer(self, queue, handler, prefetch, lease)
         self._consumers.add(consumer)
@@ -223,13 +216,13 @@ class MemoryBroker(Broker):
 
     async def ack(self, lease: Lease) -> None:
         """Remove the message (even if its lease was lost meanwhile: the outcome is stored)."""
-        receipt = self._claim(lease)
+        receipt = _MemoryReceipt.claim(lease, self._open)
         if receipt is not None:
             self.server.queues.get(lease.queue, {}).pop(receipt.seq, None)
 
     async def retry(self, lease: Lease, delay: float) -> None:
-        receipt = self._claim(lease)
-        message = receipt.message() if receipt is not None else None
+        receipt = _MemoryReceipt.claim(lease, self._open)
+        message = self.held(receipt) if receipt is not None else None
         if message is not None:
             message.available_at = self.clock.now() + max(delay, 0.0)
             message.attempts = lease.attempt
@@ -237,9 +230,9 @@ class MemoryBroker(Broker):
             self.server.touch(lease.queue)
 
     async def release(self, lease: Lease) -> None:
-        receipt = self._claim(lease)
+        receipt = _MemoryReceipt.claim(lease, self._open)
         if receipt is not None:
-            self._release([receipt])
+            self.give_back([receipt])
 
     async def schedule(self, queue: str, event: Event, *, attempt: int, delay: float) -> None:
         if attempt < 1:
@@ -248,22 +241,16 @@ class MemoryBroker(Broker):
         due = self.clock.now() + max(delay, 0.0)
         self.server.enqueue(queue, event.type, message_headers(event), event.data, due, attempt - 1)
 
-    def _claim(self, lease: Lease) -> _MemoryReceipt | None:
-        """Mark the lease settled (None if it was already); raises if the server is down."""
-        receipt = lease.receipt
-        if not isinstance(receipt, _MemoryReceipt):
-            raise TypeError(f"not a lease of the in-memory broker: {receipt!r}")
-        if receipt.settled:
-            return None
-        self._open()
-        receipt.settled = True
-        receipt.consumer.settle(receipt)
-        return receipt
+    def held(self, receipt: LeasedReceipt) -> MemoryMessage | None:
+        """The message, if `receipt`'s lease still holds it."""
+        message = self.server.queues.get(receipt.consumer.queue, {}).get(receipt.seq)
+        return message if message is not None and message.lease_id == receipt.token else None
 
-    def _release(self, receipts: Sequence[_MemoryReceipt]) -> None:
+    def give_back(self, receipts: Sequence[LeasedReceipt]) -> None:
+        """Make the messages these leases still hold due now (`lease_id` 0: released)."""
         now = self.clock.now()
         for receipt in receipts:
-            message = receipt.message()
+            message = self.held(receipt)
             if message is not None:
                 message.available_at = now
                 message.lease_id = 0
@@ -274,74 +261,26 @@ class MemoryBroker(Broker):
         self.server.forget(consumer)
 
 
-class _MemoryReceipt(Receipt):
-    __slots__ = ("consumer", "seq", "token")
-
-    def __init__(self, consumer: _MemoryConsumer, seq: int, token: int) -> None:
-        super().__init__()
-        self.consumer = consumer
-        self.seq = seq
-        self.token = token
-
-    def message(self) -> MemoryMessage | None:
-        """The message, if this lease still holds it."""
-        message = self.consumer.server.queues.get(self.consumer.queue, {}).get(self.seq)
-        return message if message is not None and message.lease_id == self.token else None
+class _MemoryReceipt(LeasedReceipt):
+    __slots__ = ()
+    broker = "in-memory"
 
 
-class _MemoryConsumer(Consumer):
-    """Leases due messages of one queue into at most `prefetch` concurrent handler tasks, and
-    renews the leases it holds until they are settled."""
+class _MemoryConsumer(LeasingConsumer[_MemoryReceipt]):
+    """Leases due messages of one queue. It hears of every write through its server, so it never
+    polls: it sleeps until woken or until the next scheduled message is due."""
 
     def __init__(
         self, broker: MemoryBroker, queue: str, handler: LeaseHandler, prefetch: int, lease: float
     ) -> None:
-        self.queue = queue
+        super().__init__(
+            broker, queue, handler, _MemoryReceipt, prefetch=prefetch, lease=lease, clock=broker.clock
+        )
         self.server = broker.server
         self._broker = broker
-        self._clock = broker.clock
-        self._prefetch = prefetch
-        self._lease = lease
-        self._tasks = HandlerTasks(queue, handler, broker.release)
-        self._unsettled: set[_MemoryReceipt] = set()
-        self._wake = asyncio.Event()  # a write into the queue, a free slot, the server back up
-        self._cancelled = False
-        self._runners: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._runners = [
-            loop.create_task(self._run(), name=f"hookhub-consume-{self.queue}"),
-            loop.create_task(self._renew(), name=f"hookhub-renew-{self.queue}"),
-        ]
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def settle(self, receipt: _MemoryReceipt) -> None:
-        if receipt in self._unsettled:
-            self._unsettled.discard(receipt)
-            self._wake.set()
-
-    async def _run(self) -> None:
-        while not self._cancelled:
-            self._wake.clear()
-            free = self._prefetch - len(self._unsettled)
-            if free <= 0:
-                await self._wake.wait()
-                continue
-            try:
-                self.server.check()
-            except BrokerUnavailable:
-                await _wait(self._wake, self._clock, ERROR_BACKOFF)
-                continue
-            next_due = self._take(free)
-            if next_due is None or next_due > 0:
-                await _wait(self._wake, self._clock, next_due)
-
-    def _take(self, limit: int) -> float | None:
-        """Lease up to `limit` due messages; 0 if there may be more, else the seconds until the
-        next message is due (None: nothing scheduled)."""
+    async def _lease_due(self, limit: int) -> tuple[int, float | None]:
+        self.server.check()
         now = self._clock.now()
         messages = self.server.queues.get(self.queue, {})
         due = heapq.nsmallest(
@@ -356,9 +295,9 @@ class _MemoryConsumer(Consumer):
             message.lease_id = token
             self._deliver(message, redelivered)
         if len(due) >= limit:
-            return 0.0
+            return len(due), None
         later = [m.available_at for m in messages.values() if m.available_at > now]
-        return min(later) - now if later else None
+        return len(due), min(later) if later else None
 
     def _deliver(self, message: MemoryMessage, redelivered: bool) -> None:
         try:
@@ -366,10 +305,7 @@ class _MemoryConsumer(Consumer):
         except PoisonMessage as exc:
             self._to_dead(message, str(exc))
             return
-        receipt = _MemoryReceipt(self, message.seq, message.lease_id or 0)
-        self._unsettled.add(receipt)
-        lease = Lease(event, self.queue, message.attempts + 1, redelivered, receipt)
-        self._tasks.spawn(self._tasks.run(lease))
+        self._hand_out(event, message.seq, message.lease_id or 0, message.attempts, redelivered)
 
     def _to_dead(self, message: MemoryMessage, reason: str) -> None:
         dead = self._broker.topology.dead_queue
@@ -380,61 +316,17 @@ class _MemoryConsumer(Consumer):
             "message %s in %s is not an event (%s): moved to %s", message.seq, self.queue, reason, dead
         )
 
-    async def _renew(self) -> None:
-        """Keep the held leases alive until settled: `lease` only bounds how long a message
-        stays hidden after its holder is gone."""
-        while not self._cancelled:
-            await self._clock.sleep(self._lease * RENEW_FRACTION)
-            if self.server.down:
-                continue
-            until = self._clock.now() + self._lease
-            for receipt in self._unsettled:
-                message = receipt.message()
-                if message is not None:
-                    message.available_at = until
+    async def _renew_held(self, held: Sequence[_MemoryReceipt]) -> int:
+        self.server.check()
+        until = self._clock.now() + self._lease
+        kept = 0
+        for receipt in held:
+            message = self._broker.held(receipt)
+            if message is not None:
+                message.available_at = until
+                kept += 1
+        return kept
 
-    async def cancel(self, grace: float = 0.0) -> None:
-        if self._cancelled:
-            return
-        self._cancelled = True
-        self._wake.set()
-        for runner in self._runners:
-            runner.cancel()
-        if self._runners:
-            await asyncio.wait(self._runners)
-        await self._tasks.wait(grace)
-        leftovers = [r for r in self._unsettled if not r.settled]
-        self._unsettled.clear()
-        for receipt in leftovers:
-            receipt.settled = True  # a late ack/retry/release of it is now a no-op
-        if not self.server.down:  # else they come back after their lease
-            self._broker._release(leftovers)
-        await self._tasks.stop()
-        self._broker.forget(self)
-
-    async def _halt(self) -> None:
-        """Stop as a killed process would: no release, no more renewals (tests use this to show
-        that the leases come back after `lease`)."""
-        self._cancelled = True
-        for runner in self._runners:
-            runner.cancel()
-        if self._runners:
-            await asyncio.wait(self._runners)
-        await self._tasks.stop()
-        self._broker.forget(self)
-
-
-async def _wait(event: asyncio.Event, clock: Clock, timeout: float | None) -> None:
-    """Until `event` is set or `timeout` seconds of `clock` have passed (None: no timeout)."""
-    if event.is_set():
-        return
-    waiter = asyncio.ensure_future(event.wait())
-    if timeout is None:
-        await waiter
-        return
-    sleeper = asyncio.ensure_future(clock.sleep(timeout))
-    try:
-        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        sleeper.cancel()
+    async def _give_back(self, leftovers: Sequence[_MemoryReceipt]) -> None:
+        self.server.check()
+        self._broker.give_back(leftovers)

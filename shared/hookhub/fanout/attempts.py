@@ -161,25 +161,9 @@ class Attempts:
     async def _record(
         self, name: str, held: Held, started: float, result: AttemptResult, decision: Decision
     ) -> None:
-        event, did = held.event, delivery_id(name, held.event)
-        dead = None
-        if decision.verdict is Verdict.DEAD:
-            dead = DeadLetter(
-                delivery_id=did,
-                subscription=name,
-                source=event.source,
-                event_id=event.id,
-                event_type=event.type,
-                correlation_id=event.correlationid,
-                attributes=event.attributes(),
-                data=event.data,
-                attempts=held.attempt,
-                last_status=result.status,
-                last_error=result.error,
-                dead_at=self.clock.now(),
-            )
+        event = held.event
         record = AttemptRecord(
-            delivery_id=did,
+            delivery_id=delivery_id(name, event),
             subscription=name,
             source=event.source,
             event_id=event.id,
@@ -193,6 +177,7 @@ class Attempts:
             verdict=decision.verdict.value,
             next_attempt_at=started + decision.delay if decision.verdict is Verdict.RETRY else None,
         )
+        dead = _dead_letter(record, event, self.clock.now()) if decision.verdict is Verdict.DEAD else None
         await self.attempt_log.record(record, dead)
         if dead is not None:
             self.metrics.dead_letters.labels(name).inc()
@@ -204,6 +189,24 @@ class Attempts:
                 result.error or f"HTTP {result.status}",
                 extra=_context(name, event, attempts=held.attempt, status=result.status),
             )
+
+
+def _dead_letter(last: AttemptRecord, event: Event, now: float) -> DeadLetter:
+    """The replayable dead letter of a delivery whose last attempt was `last`."""
+    return DeadLetter(
+        delivery_id=last.delivery_id,
+        subscription=last.subscription,
+        source=last.source,
+        event_id=last.event_id,
+        event_type=last.event_type,
+        correlation_id=last.correlation_id,
+        attributes=event.attributes(),
+        data=event.data,
+        attempts=last.attempt,
+        last_status=last.status_code,
+        last_error=last.error,
+        dead_at=now,
+    )
 
 
 def _context(subscription: str, event: Event, **more: object) -> dict[str, object]:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hookhub.batching import CommitterClosed, GroupCommitter
@@ -21,7 +21,8 @@ from hookhub.broker.base import (
     Topology,
     log_orphans,
 )
-from hookhub.broker.sqlite.consumer import SQLiteConsumer, claim
+from hookhub.broker.leasing import cancel_all, check_consume
+from hookhub.broker.sqlite.consumer import SQLiteConsumer, SQLiteReceipt
 from hookhub.broker.sqlite.writer import (
     AckOp,
     DeclareOp,
@@ -99,8 +100,7 @@ class SQLiteBroker(Broker):
         return True
 
     async def close(self) -> None:
-        for consumer in list(self._consumers):  # their unsettled leases go back first
-            await consumer.cancel()
+        await cancel_all(self._consumers)
         self._closed = True
         committer, self._committer = self._committer, None
         if committer is not None:
@@ -118,8 +118,7 @@ class SQLiteBroker(Broker):
     # -- consume side ------------------------------------------------------------------------
 
     async def consume(self, queue: str, handler: LeaseHandler, *, prefetch: int, lease: float) -> Consumer:
-        if prefetch < 1 or lease <= 0:
-            raise ValueError("prefetch must be at least 1 and lease positive")
+        check_consume(prefetch, lease)
         if self._committer is None or self._closed:
             raise BrokerUnavailable("the SQLite broker is not started or closed")
         self._loop = asyncio.get_running_loop()
@@ -131,43 +130,34 @@ class SQLiteBroker(Broker):
 
     async def ack(self, lease: Lease) -> None:
         """Delete the row (even if the lease expired meanwhile: the outcome is durable)."""
-        receipt = claim(lease)
-        if receipt is None:
-            return
-        try:
-            await self.submit(AckOp(receipt.seq))
-        except Exception:
-            receipt.unclaim()
-            raise
+        await self._settle(lease, lambda receipt: AckOp(receipt.seq))
 
     async def retry(self, lease: Lease, delay: float) -> None:
         """One atomic UPDATE: due again at now + delay, attempt + 1, not leased."""
-        receipt = claim(lease)
-        if receipt is None:
-            return
         due = time.time() + max(delay, 0.0)
-        try:
-            kept = await self.submit(RetryOp(lease.queue, receipt.seq, receipt.token, lease.attempt, due))
-        except Exception:
-            receipt.unclaim()
-            raise
-        if not kept:
+        kept = await self._settle(lease, lambda r: RetryOp(lease.queue, r.seq, r.token, lease.attempt, due))
+        if kept is False:
             log.debug("retry of event %s ignored: its lease was lost", lease.event.id)
 
     async def release(self, lease: Lease) -> None:
-        receipt = claim(lease)
-        if receipt is None:
-            return
-        try:
-            await self.submit(ReleaseOp(lease.queue, [(receipt.seq, receipt.token)]))
-        except Exception:
-            receipt.unclaim()
-            raise
+        await self._settle(lease, lambda r: ReleaseOp(lease.queue, [(r.seq, r.token)]))
 
     async def schedule(self, queue: str, event: Event, *, attempt: int, delay: float) -> None:
         if attempt < 1:
             raise ValueError("attempt starts at 1")
         await self.submit(ScheduleOp(queue, event, attempt - 1, time.time() + max(delay, 0.0)))
+
+    async def _settle(self, lease: Lease, op: Callable[[SQLiteReceipt], Op]) -> Any:
+        """Store the settle `op` of `lease`; its result (None: settled already, nothing done).
+        If it cannot be stored, the lease is unsettled again, for the handler to settle."""
+        receipt = SQLiteReceipt.claim(lease)
+        if receipt is None:
+            return None
+        try:
+            return await self.submit(op(receipt))
+        except Exception:
+            receipt.unclaim()
+            raise
 
     async def submit(self, op: Op, timeout: float = SETTLE_TIMEOUT) -> Any:
         """Run one consume-side operation in the next group commit; its result."""
