@@ -49,7 +49,7 @@ class Hub:
         self.push = {name: sub for name, sub in config.subscriptions.items() if sub.mode == "push"}
         self.queue_for = {name: self.topology.subscription_queue(name) for name in self.push}
         self.trigger = Trigger(
-            config,
+            self.push,
             self.broker,
             self.queue_for,
             self.store.attempts,

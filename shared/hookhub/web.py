@@ -39,13 +39,12 @@ from hookhub.store.base import StoreUnavailable
 
 BODY_TIMEOUT_SECONDS = 30.0  # from the handler's first read to the body's last byte
 
-OUTCOME_LABELS = {
+REJECTION_RESULTS = {  # the `result` label of a refused request, by status
     400: "invalid",
     401: "unauthorized",
     404: "unknown_provider",
     408: "timeout",
     413: "too_large",
-    415: "invalid",
     422: "invalid",
     431: "headers_too_large",
     499: "disconnected",
@@ -229,7 +228,7 @@ async def handle_webhook(hub: Hub, provider_name: str, request: Request) -> Resp
         event = provider.to_event(inbound)
         (outcome,) = await hub.ingestor.ingest([event], origin=provider_name)
     except Rejection as exc:
-        hub.metrics.ingested.labels(label, OUTCOME_LABELS.get(exc.status, "rejected")).inc()
+        hub.metrics.ingested.labels(label, REJECTION_RESULTS.get(exc.status, "rejected")).inc()
         log_rejection(exc, request, provider=provider_name, events=[event] if event else None)
         return rejection_response(exc)
     hub.metrics.ingested.labels(provider_name, outcome.value).inc()
@@ -250,7 +249,7 @@ async def handle_events(hub: Hub, request: Request) -> Response:
         outcomes = await hub.ingestor.ingest(events, origin=producer)
     except Rejection as exc:
         hub.metrics.ingested.labels(
-            producer or UNKNOWN_LABEL, OUTCOME_LABELS.get(exc.status, "rejected")
+            producer or UNKNOWN_LABEL, REJECTION_RESULTS.get(exc.status, "rejected")
         ).inc()
         log_rejection(exc, request, producer=producer, events=events)
         return rejection_response(exc)

@@ -22,6 +22,7 @@ pushing whatever is due, so the Knative function defers a parked event by `PARK_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,33 +110,23 @@ class Attempts:
         if early > 0:  # a requeue this short would come straight back: wait it out here
             await self.clock.sleep(early)
         if not target.active():
-            return await self._park(held, held.attempt)
-        if target.slots is None:
-            return await self._attempt(target, held)
-        async with target.slots:  # held for the POST only: recording needs no subscriber slot
-            if not target.active():
-                return await self._park(held, held.attempt)
-            started, result = await self._post(target, held)
-        return await self._settle(target, held, started, result)
+            return await self._park(held)
+        did = delivery_id(target.name, held.event)
+        # the slot is held for the POST only: recording the outcome needs none of the subscriber's
+        async with target.slots or contextlib.nullcontext():
+            if not target.active():  # a stop or pause came while this event waited for a slot
+                return await self._park(held)
+            started = self.clock.now()
+            result = await self.sender.post(
+                target.name, target.config, held.event, attempt=held.attempt, delivery_id=did
+            )
+        return await self._settle(target, held, did, started, result)
 
-    async def _attempt(self, target: Target, held: Held) -> Step:
-        started, result = await self._post(target, held)
-        return await self._settle(target, held, started, result)
-
-    async def _post(self, target: Target, held: Held) -> tuple[float, AttemptResult]:
-        started = self.clock.now()
-        result = await self.sender.post(
-            target.name,
-            target.config,
-            held.event,
-            attempt=held.attempt,
-            delivery_id=delivery_id(target.name, held.event),
-        )
-        return started, result
-
-    async def _settle(self, target: Target, held: Held, started: float, result: AttemptResult) -> Step:
+    async def _settle(
+        self, target: Target, held: Held, did: str, started: float, result: AttemptResult
+    ) -> Step:
         decision = decide(result, held.attempt, target.config)
-        await self._record(target.name, held, started, result, decision)
+        await self._record(target.name, held, did, started, result, decision)
         self.metrics.deliveries.labels(target.name, decision.verdict.value).inc()
         self.metrics.delivery_latency.labels(target.name).observe(result.latency_ms / 1000)
         if decision.disable:
@@ -154,16 +145,17 @@ class Attempts:
             await held.requeue(held.attempt + 1, self.park_delay)
         return Step(verdict, held.attempt, decision.delay, result, decision.disable)
 
-    async def _park(self, held: Held, attempt: int) -> Step:
-        await held.requeue(attempt, self.park_delay)
-        return Step(Verdict.PARKED, attempt, self.park_delay)
+    async def _park(self, held: Held) -> Step:
+        """Nothing was sent: back to the queue with the same attempt number."""
+        await held.requeue(held.attempt, self.park_delay)
+        return Step(Verdict.PARKED, held.attempt, self.park_delay)
 
     async def _record(
-        self, name: str, held: Held, started: float, result: AttemptResult, decision: Decision
+        self, name: str, held: Held, did: str, started: float, result: AttemptResult, decision: Decision
     ) -> None:
         event = held.event
         record = AttemptRecord(
-            delivery_id=delivery_id(name, event),
+            delivery_id=did,
             subscription=name,
             source=event.source,
             event_id=event.id,

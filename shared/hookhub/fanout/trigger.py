@@ -11,7 +11,7 @@ of its wait instead of being attempted early.
 from __future__ import annotations
 
 from hookhub.broker.base import Broker
-from hookhub.config import HubConfig
+from hookhub.config import SubscriptionConfig
 from hookhub.events import Event
 from hookhub.fanout.attempts import Attempts, Step, Target
 from hookhub.fanout.sender import delivery_id
@@ -44,14 +44,14 @@ class Trigger:
 
     def __init__(
         self,
-        config: HubConfig,
+        push: dict[str, SubscriptionConfig],
         broker: Broker,
         queue_for: dict[str, str],
         attempt_log: AttemptLog,
         states: SubscriptionStates,
         attempts: Attempts,
     ) -> None:
-        self.config = config
+        self.push = push
         self.broker = broker
         self.queue_for = queue_for
         self.attempt_log = attempt_log
@@ -59,12 +59,11 @@ class Trigger:
         self.attempts = attempts
 
     def knows(self, name: str) -> bool:
-        sub = self.config.subscriptions.get(name)
-        return sub is not None and sub.mode == "push"
+        return name in self.push
 
     async def handle(self, name: str, event: Event) -> Step:
         """Raises `StoreUnavailable` / `BrokerUnavailable`: answer 5xx so the source redelivers."""
-        sub = self.config.subscriptions[name]
+        sub = self.push[name]
         state = (await self.states.all()).get(name, SubscriptionState.ACTIVE)
         known = await self.attempt_log.delivery_state(delivery_id(name, event))
         held = TriggeredEvent(
