@@ -295,6 +295,21 @@ def test_which_patterns_can_match_a_provider(pattern: str, matches: bool) -> Non
     assert (type_pattern_findings(config) == []) is matches
 
 
+def test_a_pull_subscription_is_announced_as_not_served_yet() -> None:
+    config = parse_config(
+        {
+            "providers": PROVIDERS,
+            "subscriptions": {
+                "p": {"mode": "pull", "token": "t", "types": ["com.stripe.#"]},
+                "s": {"url": "http://x/h", "types": ["com.stripe.#"]},
+            },
+        },
+        environ={},
+    )
+    (warning,) = startup_warnings(config)
+    assert "subscription p is a pull subscription" in warning and "no queue is bound" in warning
+
+
 def test_unmatchable_pattern_warns_naming_known_prefixes() -> None:
     config = parse_config(
         {"providers": PROVIDERS, "subscriptions": {"s": {"url": "http://x/h", "types": ["org.example.#"]}}},

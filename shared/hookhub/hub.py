@@ -15,7 +15,7 @@ from hookhub import logs
 from hookhub.broker import open_broker
 from hookhub.broker.base import Binding, Broker, Topology
 from hookhub.clock import SYSTEM_CLOCK, Clock
-from hookhub.config import HubConfig, config_path, load_config, redact_url
+from hookhub.config import HubConfig, config_path, load_config
 from hookhub.errors import ConfigError, Unavailable
 from hookhub.fanout.attempts import PARK_RECHECK_SECONDS, Attempts
 from hookhub.fanout.dispatcher import Dispatcher
@@ -78,14 +78,6 @@ class Hub:
         from this process (the local shape; on Knative the broker triggers `fanout` instead)."""
         await self.ensure_store()
         await self.broker.start(self.bindings())
-        for name, sub in self.config.subscriptions.items():
-            if sub.mode == "pull":
-                log.warning(
-                    "subscription %s is a pull subscription: the pull API is not served yet, so no "
-                    "queue is bound for it and no events are kept for it",
-                    name,
-                    extra={"subscription": name},
-                )
         if dispatch:
             self.dispatcher = Dispatcher(
                 self.push,
@@ -96,13 +88,8 @@ class Hub:
                 self.metrics,
             )
             await self.dispatcher.start()
-        log.info(
-            "hub started: broker %s, store %s, %d providers, %d subscriptions",
-            redact_url(self.config.broker),
-            redact_url(self.config.store),
-            len(self.providers),
-            len(self.config.subscriptions),
-        )
+        # the shape and the subscriptions are in the start-up summary (`startup.log_startup`)
+        log.info("hub started%s", ", delivering in this process" if dispatch else "")
 
     async def ensure_store(self) -> bool:
         """Create the store's schema once it is reachable; false while it is not."""
