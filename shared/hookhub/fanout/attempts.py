@@ -56,6 +56,10 @@ class Held(Protocol):
         """Put it back as `attempt`, due after `delay` seconds, durably before letting go."""
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass(slots=True)
 class Target:
     """One subscription as the decision path sees it."""
@@ -64,6 +68,9 @@ class Target:
     config: SubscriptionConfig
     active: Callable[[], bool]  # re-read right before the POST: a pause lands between events
     slots: asyncio.Semaphore | None = None  # bounds concurrent POSTs (max_in_flight) where set
+    # called the moment a 410 disables the subscription, before anything is requeued, so that
+    # no other event of this target is POSTed meanwhile (`active` must turn false here)
+    disable: Callable[[], None] = _nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +137,7 @@ class Attempts:
         self.metrics.deliveries.labels(target.name, decision.verdict.value).inc()
         self.metrics.delivery_latency.labels(target.name).observe(result.latency_ms / 1000)
         if decision.disable:
+            target.disable()
             await self.states.set(target.name, SubscriptionState.DISABLED, "endpoint answered 410 Gone")
             log.warning(
                 "subscription %s disabled: its endpoint answered 410 Gone; its events wait in its queue",

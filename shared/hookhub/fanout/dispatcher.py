@@ -92,7 +92,7 @@ class SubscriptionWorker:
         self.broker = broker
         self.attempts = attempts
         self.limiter = RateLimiter(sub.rate_limit) if sub.rate_limit else None
-        self.target = Target(name, sub, self._active, asyncio.Semaphore(sub.max_in_flight))
+        self.target = Target(name, sub, self._active, asyncio.Semaphore(sub.max_in_flight), self._disable)
         self._consumer: Consumer | None = None
         self._stopping = asyncio.Event()
         self.on_disabled = asyncio.Event()
@@ -108,6 +108,11 @@ class SubscriptionWorker:
 
     def _active(self) -> bool:
         return not self._stopping.is_set()
+
+    def _disable(self) -> None:
+        """A 410: take no more events from here on; the dispatcher then stops the consumer."""
+        self._stopping.set()
+        self.on_disabled.set()
 
     async def start(self) -> None:
         self._stopping.clear()
@@ -134,20 +139,15 @@ class SubscriptionWorker:
             await held.requeue(held.attempt, 0.0)  # stopping: back to the queue, untouched
             return
         try:
-            step = await self.attempts.handle(self.target, held)
+            await self.attempts.handle(self.target, held)
         except StoreUnavailable as exc:
             # the attempt happened but its outcome is not durable: hand the event back, later
             log.warning("%s: could not log an attempt (%s); the event will be tried again", self.name, exc)
             await asyncio.sleep(random.uniform(*STORE_RETRY_SECONDS))
             await self.broker.release(lease)
-            return
         except BrokerUnavailable as exc:
             # recorded, not settled: the broker hands the event out again once it is back
             log.warning("%s: broker did not take the settlement (%s)", self.name, exc)
-            return
-        if step.disabled:
-            self._stopping.set()
-            self.on_disabled.set()
 
     async def _wait_for_token(self) -> bool:
         """A rate-limit token, or False when the worker stops first."""
