@@ -32,6 +32,8 @@ lint: install
 bench: install
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.fanout
+	$(BIN)/python -m bench.resend
+	$(BIN)/python -m bench.archive
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

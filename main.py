@@ -3,17 +3,21 @@
 functions-framework --target webhook --asgi   # HOOKHUB_PROVIDER picks the provider
 functions-framework --target stripe --asgi    # any provider name from hookhub.yaml
 functions-framework --target events --asgi    # producer API
+functions-framework --target admin --asgi     # admin API (/admin/...), runs resend jobs
+functions-framework --target pull --asgi      # pull API (/subscriptions/{name}/pull, /ack)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from functions.admin import admin
 from functions.fanout import fanout
 from functions.ingest import for_provider, webhook
 from functions.producer import events
+from functions.pull import pull
 
-__all__ = ["events", "fanout", "webhook"]
+__all__ = ["admin", "events", "fanout", "pull", "webhook"]
 
 
 def __getattr__(name: str) -> Any:

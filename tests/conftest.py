@@ -10,6 +10,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -59,3 +60,12 @@ def namespace() -> str:
 @pytest.fixture
 def tmp_sqlite_url(tmp_path) -> Iterator[str]:
     yield f"sqlite:///{tmp_path}/hookhub.db"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_files_in_the_checkout() -> Iterator[None]:
+    """Tests write under tmp_path only: a hub started on a default (`./var/...`) fails the run."""
+    var = Path(__file__).resolve().parent.parent / "var"
+    existed = var.exists()
+    yield
+    assert existed or not var.exists(), f"a test wrote {var}: give its hub paths under tmp_path"

@@ -158,6 +158,7 @@ def test_json_start_up_log_names_config_shape_and_subscriptions(tmp_path: Path, 
     path.write_text(
         f"broker: sqlite:///{tmp_path}/hub.db?password=hunter2\n"
         f"store: sqlite:///{tmp_path}/hub.db\n"
+        f"archive: file://{tmp_path}/archive\n"
         "providers:\n  gh: {kind: github, secrets: [s]}\n"
         "subscriptions:\n  crm: {url: 'http://127.0.0.1:9/h', types: ['com.github.#', 'org.nothing.*']}\n"
     )

@@ -295,24 +295,24 @@ def test_which_patterns_can_match_a_provider(pattern: str, matches: bool) -> Non
     assert (type_pattern_findings(config) == []) is matches
 
 
-def test_a_pull_subscription_is_announced_as_not_served_yet() -> None:
-    config = parse_config(
-        {
-            "providers": PROVIDERS,
-            "subscriptions": {
-                "p": {"mode": "pull", "token": "t", "types": ["com.stripe.#"]},
-                "s": {"url": "http://x/h", "types": ["com.stripe.#"]},
-            },
-        },
-        environ={},
-    )
+def test_a_hub_without_admin_token_warns_that_the_admin_api_is_off() -> None:
+    subscriptions = {"s": {"url": "http://x/h", "types": ["com.stripe.#"]}}
+    config = parse_config({"providers": PROVIDERS, "subscriptions": subscriptions}, environ={})
     (warning,) = startup_warnings(config)
-    assert "subscription p is a pull subscription" in warning and "no queue is bound" in warning
+    assert "no admin_token" in warning and "403" in warning
+    config = parse_config(
+        {"providers": PROVIDERS, "subscriptions": subscriptions, "admin_token": "t"}, environ={}
+    )
+    assert startup_warnings(config) == []
 
 
 def test_unmatchable_pattern_warns_naming_known_prefixes() -> None:
     config = parse_config(
-        {"providers": PROVIDERS, "subscriptions": {"s": {"url": "http://x/h", "types": ["org.example.#"]}}},
+        {
+            "providers": PROVIDERS,
+            "admin_token": "a",
+            "subscriptions": {"s": {"url": "http://x/h", "types": ["org.example.#"]}},
+        },
         environ={},
     )
     (warning,) = startup_warnings(config)
@@ -324,6 +324,7 @@ def test_with_producers_an_unmatched_pattern_is_noted_not_warned_unless_misspelt
     settings = {
         "providers": PROVIDERS,
         "producers": {"billing": {"token": "t"}},
+        "admin_token": "a",
         "subscriptions": {"s": {"url": "http://x/h", "types": ["org.example.#", "com.strpe.#"]}},
     }
     config = parse_config(settings, environ={})
@@ -345,3 +346,15 @@ def test_urls_the_clients_would_refuse_are_config_errors(settings: dict[str, str
     with pytest.raises(ConfigError) as err:
         parse_config(settings, environ={})
     assert f"config: {key}: " in str(err.value) and "hunter2" not in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["redis://x", "s3://", "s3:///prefix", "file://", "/var/archive", "gs://b/p"])
+def test_archive_urls_the_archive_cannot_open_are_config_errors(url: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"archive": url}, environ={})
+    assert "config: archive: " in str(err.value) and "s3://BUCKET" in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["file://./var/archive", "file:///srv/archive", "s3://bucket", "s3://b/p/q"])
+def test_archive_urls_the_archive_opens_are_accepted(url: str) -> None:
+    assert parse_config({"archive": url}, environ={}).archive == url

@@ -74,6 +74,7 @@ def test_sigkill_mid_delivery_loses_nothing(
         config: dict[str, Any] = {
             "broker": broker_url,
             "store": f"sqlite:///{tmp_path}/hub.db",
+            "archive": f"file://{tmp_path}/archive",
             "namespace": namespace,
             "producers": {"p": {"token": "t"}},
             "subscriptions": {

@@ -34,12 +34,13 @@ async def function(
         config = {
             "broker": f"sqlite:///{tmp_path}/hub.db",
             "store": f"sqlite:///{tmp_path}/hub.db",
+            "archive": f"file://{tmp_path}/archive",
             "subscriptions": {
                 "crm": {
                     "url": subscriber.url("/crm"),
                     "types": ["com.acme.#"],
                     "max_attempts": 3,
-                    "backoff": {"initial": "10s", "max": "1m"},
+                    "backoff": {"initial": "10s", "max": "1m", "jitter": 0},  # due in 10 s exactly
                 },
             },
         }

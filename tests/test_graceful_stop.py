@@ -26,6 +26,7 @@ def write_config(tmp_path: Path, broker_url: str, subscriber: Subscriber, namesp
     config: dict[str, Any] = {
         "broker": broker_url,
         "store": f"sqlite:///{tmp_path}/store.db",
+        "archive": f"file://{tmp_path}/archive",
         "namespace": namespace,
         "producers": {"p": {"token": "t"}},
         "subscriptions": {

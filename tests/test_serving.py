@@ -36,6 +36,7 @@ def config_file(tmp_path: Path) -> Path:
         f"""
 broker: sqlite:///{tmp_path}/hub.db
 store: sqlite:///{tmp_path}/hub.db
+archive: file://{tmp_path}/archive
 providers:
   gh: {{kind: github, secrets: ["{GITHUB_SECRET}"]}}
 producers:

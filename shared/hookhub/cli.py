@@ -1,4 +1,4 @@
-"""The `hookhub` command: run the hub locally, check a config file.
+"""The `hookhub` command: run the hub locally, check a config file, and (cli_ops*.py) operate a hub.
 
 Start-up problems (a broken config, a port out of range or taken) end in one message on
 stderr and a non-zero exit code, never a traceback.
@@ -16,7 +16,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from hookhub import knative, logs
+from hookhub import cli_ops, knative, logs
 from hookhub.config import HubConfig, config_path, load_config, redact_url
 from hookhub.errors import ConfigError
 
@@ -189,6 +189,9 @@ def render_knative(
         highlight=False,
         soft_wrap=True,
     )
+
+
+cli_ops.register(app)  # the operator commands: clients of the admin API
 
 
 def main() -> None:

@@ -102,6 +102,8 @@ class SubscriptionConfig(BaseModel):
     max_in_flight: int = Field(16, ge=1, le=10_000)
     rate_limit: float | None = Field(None, gt=0)  # deliveries per second
     visibility_timeout: Duration = 30.0  # pull: an unacknowledged event comes back after this
+    # failing without a single success for this long disables it, as a 410 does (Svix: 5 days)
+    disable_after: Duration = Field(5 * 86400.0, gt=0)
 
     @field_validator("secret")
     @classmethod
@@ -151,6 +153,7 @@ class HubConfig(BaseModel):
     broker: str = "sqlite:///./var/hookhub.db"
     store: str = "sqlite:///./var/hookhub.db"
     archive: str = "file://./var/archive"
+    archive_retention: Duration = Field(7 * 86400.0, gt=0)  # archived events older than this are deleted
     namespace: str = Field("hookhub", pattern=r"^[A-Za-z0-9_-]+$")
     admin_token: SecretStr | None = None
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
@@ -197,7 +200,10 @@ class HubConfig(BaseModel):
     @field_validator("archive")
     @classmethod
     def _archive_url(cls, value: str) -> str:
-        return _check_url(value, ("file", "s3"))
+        from hookhub.archive import check_archive_url  # the very parser `open_archive` uses
+
+        check_archive_url(value)
+        return value
 
     @field_validator("providers", "producers", "subscriptions")
     @classmethod

@@ -54,6 +54,10 @@ _RFC3339 = re.compile(
 )
 
 
+# The extension the hub puts on a resend from the archive (its job id); producers may not send it.
+REPLAY_EXTENSION = "hookhubreplay"
+
+
 def utc_now_iso() -> str:
     """The current time as an RFC 3339 string, millisecond precision, UTC."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -9,13 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import uuid
 from typing import Any
 
 from hookhub import logs
+from hookhub.archive import open_archive
+from hookhub.archive.archiver import Archiver
 from hookhub.broker import open_broker
 from hookhub.broker.base import Binding, Broker, Topology
 from hookhub.clock import SYSTEM_CLOCK, Clock
-from hookhub.config import HubConfig, config_path, load_config
+from hookhub.config import HubConfig, SubscriptionConfig, config_path, load_config
+from hookhub.deadletters import DeadLetters
 from hookhub.errors import ConfigError, Unavailable
 from hookhub.fanout.attempts import PARK_RECHECK_SECONDS, Attempts
 from hookhub.fanout.dispatcher import Dispatcher
@@ -23,11 +28,26 @@ from hookhub.fanout.sender import Sender
 from hookhub.fanout.trigger import Trigger
 from hookhub.ingest import Ingestor
 from hookhub.metrics import Metrics
+from hookhub.observations import Observer
 from hookhub.providers import Provider, provider_class
+from hookhub.pull import Puller
+from hookhub.replay import ReplayRunner
 from hookhub.startup import log_startup
 from hookhub.store import StoreUnavailable, open_store
+from hookhub.subscriptions import Registry
 
 log = logging.getLogger(__name__)
+
+
+class QueueNames(dict[str, str]):
+    """Subscription name -> its queue, for any name (runtime subscriptions come and go)."""
+
+    def __init__(self, topology: Topology) -> None:
+        super().__init__()
+        self.topology = topology
+
+    def __missing__(self, name: str) -> str:
+        return self.topology.subscription_queue(name)
 
 
 class Hub:
@@ -44,20 +64,54 @@ class Hub:
         self.producer_tokens = {name: producer.token for name, producer in config.producers.items()}
         self.broker = broker or open_broker(config.broker, self.topology)
         self.store = open_store(config.store)
+        self.archive = open_archive(config.archive)
         self.ingestor = Ingestor(self.broker, self.store.claims, config.publish_timeout)
+        self.observer = Observer(self.store.observations, clock)
         self.sender = Sender()
-        self.push = {name: sub for name, sub in config.subscriptions.items() if sub.mode == "push"}
-        self.queue_for = {name: self.topology.subscription_queue(name) for name in self.push}
+        self.queue_for = QueueNames(self.topology)
+        self.registry = Registry(
+            config.subscriptions, self.store.catalog, self.store.subscriptions, clock=clock
+        )
+        self.registry.on_change = self.apply_topology
+        self.registry.on_delete = self._deleted
+        self.registry.on_state = self._state_changed
         self.trigger = Trigger(
-            self.push,
+            self.registry,
             self.broker,
-            self.queue_for,
+            self.queue_of,
             self.store.attempts,
             self.store.subscriptions,
             self._attempts(park_delay=PARK_RECHECK_SECONDS),
+            clock,
         )
+        self.dead_letters = DeadLetters(self.broker, self.store.attempts, self._existing_queue)
+        self.replays = ReplayRunner(
+            self.broker, self.store.jobs, self.archive, self._replay_target, owner=_owner(), clock=clock
+        )
+        self.pull = Puller(self.broker, self.store.receipts, self.store.attempts, clock=clock)
         self.dispatcher: Dispatcher | None = None
+        self.archiver: Archiver | None = None
         self._store_ready = False
+
+    @property
+    def push(self) -> dict[str, SubscriptionConfig]:
+        """The push subscriptions known now (file and runtime)."""
+        return {name: sub.config for name, sub in self.registry.current().items() if sub.push}
+
+    def queue_of(self, name: str) -> str:
+        return self.queue_for[name]
+
+    def _existing_queue(self, name: str) -> str | None:
+        return self.queue_of(name) if name in self.registry.current() else None
+
+    def _replay_target(self, name: str) -> tuple[SubscriptionConfig, str] | None:
+        sub = self.registry.current().get(name)
+        return None if sub is None else (sub.config, self.queue_of(name))
+
+    def pull_target(self, name: str) -> tuple[SubscriptionConfig, str] | None:
+        """A pull subscription's config and queue, for the pull API."""
+        sub = self.registry.current().get(name)
+        return None if sub is None or sub.push else (sub.config, self.queue_of(name))
 
     def _attempts(self, park_delay: float) -> Attempts:
         return Attempts(
@@ -70,24 +124,57 @@ class Hub:
         )
 
     def bindings(self) -> list[Binding]:
-        """Each push subscription's queue and the type patterns routed into it."""
-        return [Binding(self.queue_for[name], tuple(sub.types)) for name, sub in self.push.items()]
+        """Each subscription's queue (push and pull) with the type patterns routed into it, and
+        the archive's queue, which takes every event."""
+        subs = [
+            Binding(self.queue_of(name), tuple(sub.config.types))
+            for name, sub in self.registry.current().items()
+        ]
+        return [*subs, Binding(self.topology.archive_queue, ("#",))]
+
+    async def apply_topology(self) -> None:
+        """Bind the current set of subscriptions (after one was created, changed or deleted)."""
+        await self.broker.start(self.bindings())
+        if self.dispatcher is not None:
+            await self.dispatcher.sync_states()
+
+    async def _deleted(self, name: str) -> None:
+        dropped = await self.broker.delete_queue(self.queue_of(name))
+        log.info("subscription %s deleted with its queue (%d events dropped)", name, dropped)
+
+    async def _state_changed(self, name: str) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.attempts.health.forget(name)
+            await self.dispatcher.sync_states()
 
     async def start(self, dispatch: bool = False) -> None:
-        """Connect broker and store; with `dispatch`, also deliver every push subscription
-        from this process (the local shape; on Knative the broker triggers `fanout` instead)."""
-        await self.ensure_store()
+        """Connect broker and store; with `dispatch`, also deliver every push subscription,
+        archive and run resend jobs from this process (the local shape; on Knative the broker
+        triggers `fanout` and the archiver runs on its own)."""
+        if await self.ensure_store():
+            await self.registry.try_refresh()
         await self.broker.start(self.bindings())
+        self.observer.start()
         if dispatch:
             self.dispatcher = Dispatcher(
-                self.push,
-                self.queue_for,
+                self.registry,
+                self.queue_of,
                 self.broker,
                 self.store.subscriptions,
                 self._attempts(park_delay=0.0),  # a parked subscription's worker stops consuming
                 self.metrics,
             )
             await self.dispatcher.start()
+            self.archiver = Archiver(
+                self.broker,
+                self.archive,
+                self.topology.archive_queue,
+                retention=self.config.archive_retention,
+                clock=self.clock,
+                metrics=self.metrics,
+            )
+            await self.archiver.start()
+            self.replays.start()
         # the shape and the subscriptions are in the start-up summary (`startup.log_startup`)
         log.info("hub started%s", ", delivering in this process" if dispatch else "")
 
@@ -121,10 +208,20 @@ class Hub:
         and store go away, so a normal stop neither loses nor repeats an event."""
         if self.dispatcher is not None:
             await self.dispatcher.stop()
+        await self.replays.stop()
+        if self.archiver is not None:
+            await self.archiver.stop()
         await self.ingestor.drain()
+        await self.observer.stop()
         await self.sender.close()
         await self.broker.close()
+        await self.archive.close()
         await self.store.close()
+
+
+def _owner() -> str:
+    """This process, as the owner of the resend jobs it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 _hub: Hub | None = None

@@ -49,6 +49,15 @@ class Metrics:
             ["subscription"],
             registry=self.registry,
         )
+        self.auto_disabled = Counter(
+            "hookhub_subscriptions_auto_disabled",
+            "Subscriptions disabled for failing longer than their disable_after, by subscription",
+            ["subscription"],
+            registry=self.registry,
+        )
+        self.archived = Counter(
+            "hookhub_archived_events", "Events written to the archive", registry=self.registry
+        )
         self.subscription_active = Gauge(
             "hookhub_subscription_active",
             "1 while a subscription is being delivered, 0 while paused or disabled",

@@ -19,7 +19,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 
 from hookhub.errors import BadRequest, InvalidEvent, Unauthorized
-from hookhub.events import Event, utc_now_iso
+from hookhub.events import REPLAY_EXTENSION, Event, utc_now_iso
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
@@ -159,6 +159,8 @@ def _check_sources(events: list[Event]) -> None:
     for event in events:
         if event.source.startswith(RESERVED_SOURCE_PREFIX):
             raise BadRequest(f"source {event.source!r} is reserved for provider webhooks")
+        if REPLAY_EXTENSION in event.extensions:  # it marks the hub's own resends
+            raise BadRequest(f"the {REPLAY_EXTENSION} extension is reserved for the hub")
 
 
 def _attribute_error(exc: ValidationError, batch: bool) -> BadRequest:

@@ -122,14 +122,11 @@ def startup_summary(config: HubConfig, path: str | os.PathLike[str]) -> list[str
 
 
 def startup_warnings(config: HubConfig) -> list[str]:
-    """WARNING lines: development secrets in use, pull subscriptions not served yet, and type
+    """WARNING lines: the admin API switched off, development secrets in use, and type
     patterns that look wrong."""
-    warnings = [
-        f"subscription {name} is a pull subscription: the pull API is not served yet, so no queue "
-        "is bound for it and no events are kept for it"
-        for name, sub in config.subscriptions.items()
-        if sub.mode == "pull"
-    ]
+    warnings = []
+    if config.admin_token is None:
+        warnings.append("no admin_token is set: the admin API (and so the hookhub CLI) answers 403")
     if config.development_secrets:
         warnings.append(
             "development secrets in use (their defaults are in the config file for anyone to read): "

@@ -22,8 +22,10 @@ from urllib.parse import unquote
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hookhub.admin import admin_route, create_admin_app
 from hookhub.broker.base import BrokerUnavailable
 from hookhub.config import HubConfig
 from hookhub.errors import BadRequest, NotFound, PayloadTooLarge, Rejection, Unavailable
@@ -34,6 +36,7 @@ from hookhub.ingest import IngestResult
 from hookhub.metrics import UNKNOWN_LABEL
 from hookhub.producers import authenticate, parse_events
 from hookhub.providers import InboundRequest
+from hookhub.pull_api import pull_routes
 from hookhub.serving import MAX_HEADER_BYTES
 from hookhub.store.base import StoreUnavailable
 
@@ -229,9 +232,12 @@ async def handle_webhook(hub: Hub, provider_name: str, request: Request) -> Resp
         (outcome,) = await hub.ingestor.ingest([event], origin=provider_name)
     except Rejection as exc:
         hub.metrics.ingested.labels(label, REJECTION_RESULTS.get(exc.status, "rejected")).inc()
+        hub.observer.rejected(label, exc.status, exc.message)
         log_rejection(exc, request, provider=provider_name, events=[event] if event else None)
         return rejection_response(exc)
     hub.metrics.ingested.labels(provider_name, outcome.value).inc()
+    if outcome is IngestResult.ACCEPTED:
+        hub.observer.accepted(provider_name, (event,))
     if outcome is IngestResult.DUPLICATE:
         return json_response({"id": event.id, "status": "duplicate"}, 200)
     hub.metrics.ingest_latency.labels(provider_name).observe(time.perf_counter() - started)
@@ -251,9 +257,12 @@ async def handle_events(hub: Hub, request: Request) -> Response:
         hub.metrics.ingested.labels(
             producer or UNKNOWN_LABEL, REJECTION_RESULTS.get(exc.status, "rejected")
         ).inc()
+        hub.observer.rejected(producer or UNKNOWN_LABEL, exc.status, exc.message)
         log_rejection(exc, request, producer=producer, events=events)
         return rejection_response(exc)
-    accepted = [e.id for e, o in zip(events, outcomes, strict=True) if o is IngestResult.ACCEPTED]
+    new = [e for e, o in zip(events, outcomes, strict=True) if o is IngestResult.ACCEPTED]
+    accepted = [e.id for e in new]
+    hub.observer.accepted(producer, new)
     duplicates = [e.id for e, o in zip(events, outcomes, strict=True) if o is IngestResult.DUPLICATE]
     if accepted:
         hub.metrics.ingested.labels(producer, "accepted").inc(len(accepted))
@@ -274,11 +283,12 @@ async def handle_fanout(hub: Hub, request: Request) -> Response:
     source acks); 503 asks the source to redeliver (our store or broker is in trouble)."""
     parts = [p for p in request.url.path.split("/") if p]
     name = os.environ.get("HOOKHUB_SUBSCRIPTION") or (parts[0] if parts else "")
-    if not hub.trigger.knows(name):
-        return rejection_response(NotFound(f"unknown push subscription {name!r}"))
     try:
+        sub = await hub.trigger.lookup(name)
+        if sub is None:
+            return rejection_response(NotFound(f"unknown push subscription {name!r}"))
         event = triggered_event(await read_body(request, hub.config.max_body_bytes), request.headers)
-        step = await hub.trigger.handle(name, event)
+        step = await hub.trigger.handle(sub, event)
     except Rejection as exc:
         return rejection_response(exc)
     except (StoreUnavailable, BrokerUnavailable) as exc:
@@ -343,6 +353,9 @@ def create_app(config: HubConfig, *, dispatch: bool = True) -> Starlette:
     async def metrics(request: Request) -> Response:
         return await handle_metrics(hub, request)
 
+    async def started_hub() -> Hub:
+        return hub
+
     app = Starlette(
         routes=[
             Route("/webhooks/{provider}", webhook, methods=["POST"]),
@@ -350,6 +363,8 @@ def create_app(config: HubConfig, *, dispatch: bool = True) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *pull_routes(lambda: hub),
+            admin_route(create_admin_app(started_hub)),
         ],
         lifespan=lifespan,
     )
@@ -381,3 +396,39 @@ async def serve_function(request: Request, handler: Any) -> Response:
 
 
 _PROBES = {"/healthz": handle_healthz, "/readyz": handle_readyz, "/metrics": handle_metrics}
+
+
+class AppResponse(Response):
+    """Hands the request, unread, to another ASGI app: how a functions-framework target (which
+    must return a `Response`) serves the admin API's FastAPI app or the pull API's routes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__()
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+_admin_app: ASGIApp | None = None
+_pull_router: Router | None = None
+
+
+async def handle_admin(hub: Hub, request: Request) -> Response:
+    """The admin API in a function of its own; it also runs the resend jobs, which on Knative
+    have no `hookhub run` process to run them."""
+    global _admin_app
+    if _admin_app is None:
+        from hookhub.hub import get_hub
+
+        _admin_app = create_admin_app(get_hub)
+    hub.replays.start()
+    return AppResponse(_admin_app)
+
+
+async def handle_pull(hub: Hub, request: Request) -> Response:
+    """The pull API (`/subscriptions/{name}/pull` and `/ack`) in a function of its own."""
+    global _pull_router
+    if _pull_router is None:
+        _pull_router = Router(pull_routes(lambda: hub))
+    return AppResponse(_pull_router)

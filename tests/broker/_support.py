@@ -192,7 +192,7 @@ def rabbit_delete_topology(
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
         channel = connection.channel()
-        fixed = {topology.unrouted_queue, topology.dead_queue, record_queue(topology)}
+        fixed = {topology.unrouted_queue, topology.dead_queue, topology.archive_queue, record_queue(topology)}
         for queue in {*fixed, *queues, *delay_names}:
             channel.queue_delete(queue)
         for exchange in (topology.exchange, topology.unrouted_exchange, redeliver_exchange(topology)):

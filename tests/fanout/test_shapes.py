@@ -48,6 +48,7 @@ class Case:
     state: SubscriptionState = SubscriptionState.ACTIVE
     dead_letters: int = 0
     queued: int = 0  # events still in the subscription's queue at the end
+    settings: tuple[tuple[str, Any], ...] = ()  # the subscription's settings besides config()'s
 
 
 CASES = {
@@ -64,13 +65,23 @@ CASES = {
     "timeout then 200": Case(
         (Step(200, delay=2.0, times=1), Step(200)), ((1, "retry", 0.0), (2, "delivered", 1.0))
     ),
+    # failing without a success for disable_after disables it, as a 410 does: the third attempt
+    # (3 s after the first failure) is the one past 2 s; its retry waits in the queue
+    "500 past disable_after": Case(
+        (Step(500),),
+        ((1, "retry", 0.0), (2, "retry", 1.0), (3, "retry", 3.0)),
+        state=SubscriptionState.DISABLED,
+        queued=1,
+        settings=(("max_attempts", 10), ("disable_after", "2s")),
+    ),
 }
 
 
-def config(url: str, namespace: str, store: str) -> dict[str, Any]:
+def config(url: str, namespace: str, store: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "broker": "memory://",
         "store": store,
+        "archive": f"file://{store.removeprefix('sqlite:///')}.archive",
         "namespace": namespace,
         "subscriptions": {
             "s": {
@@ -80,6 +91,7 @@ def config(url: str, namespace: str, store: str) -> dict[str, Any]:
                 "max_attempts": 3,
                 "backoff": {"initial": "1s", "max": "1h", "multiplier": 2, "jitter": 0},
                 "timeout": "300ms",
+                **(settings or {}),
             }
         },
     }
@@ -115,12 +127,14 @@ class KnativeSource:
 
 
 @contextlib.asynccontextmanager
-async def shape(kind: str, url: str, tmp_path: Path) -> AsyncIterator[tuple[Hub, ManualClock, MemoryBroker]]:
+async def shape(
+    kind: str, url: str, tmp_path: Path, settings: dict[str, Any] | None = None
+) -> AsyncIterator[tuple[Hub, ManualClock, MemoryBroker]]:
     namespace = f"t{uuid.uuid4().hex[:8]}"
     clock = ManualClock()
     broker = MemoryBroker(Topology(namespace), clock=clock)
     hub = Hub(
-        parse_config(config(url, namespace, f"sqlite:///{tmp_path}/{kind}.db"), environ={}),
+        parse_config(config(url, namespace, f"sqlite:///{tmp_path}/{kind}.db", settings), environ={}),
         broker=broker,
         clock=clock,
     )
@@ -146,7 +160,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
 async def run_case(kind: str, case: Case, subscriber: Subscriber, tmp_path: Path) -> dict[str, Any]:
     path = f"/{kind}"
     subscriber.script(*(dataclasses.replace(step) for step in case.script), path=path)  # steps count down
-    async with shape(kind, subscriber.url(path), tmp_path) as (hub, clock, broker):
+    async with shape(kind, subscriber.url(path), tmp_path, dict(case.settings)) as (hub, clock, broker):
         event = Event(id=uuid.uuid4().hex, source="/test", type="com.test.thing", data=b"{}")
         await hub.ingestor.ingest([event], origin="test")
 

@@ -37,9 +37,11 @@ PRODUCER_TOKEN = "producer-token"
 
 
 def base_config(broker: str, store: str, namespace: str) -> dict[str, Any]:
+    """`store` is a SQLite file in the test's tmp_path: the archive goes beside it."""
     return {
         "broker": broker,
         "store": store,
+        "archive": f"file://{Path(store.removeprefix('sqlite:///')).parent}/archive",
         "namespace": namespace,
         "max_body_bytes": 65536,
         "publish_timeout": "2s",
@@ -66,9 +68,13 @@ class HubClient:
 
 
 @contextlib.asynccontextmanager
-async def running_hub(config: dict[str, Any]) -> AsyncIterator[HubClient]:
+async def running_hub(config: dict[str, Any], *, archiving: bool = True) -> AsyncIterator[HubClient]:
+    """Without `archiving` the archiver is stopped once the hub is up, so every accepted event
+    stays in the archive queue and `enqueued` proves it was (or was not) enqueued."""
     app = create_app(parse_config(config, environ={}))
     async with app.router.lifespan_context(app):
+        if not archiving and app.state.hub.archiver is not None:
+            await app.state.hub.archiver.stop()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
             yield HubClient(client, app.state.hub)
@@ -84,7 +90,7 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 @pytest.fixture
 async def hub(broker_url: str, tmp_path: Any, namespace: str) -> AsyncIterator[HubClient]:
     async with running_hub(
-        base_config(broker_url, f"sqlite:///{tmp_path}/store.db", namespace)
+        base_config(broker_url, f"sqlite:///{tmp_path}/store.db", namespace), archiving=False
     ) as hub_client:
         yield hub_client
         await delete_namespace(broker_url, hub_client.hub)

@@ -60,8 +60,23 @@ class Topology:
         """Messages a consumer found that are not events (poison): kept here, never looped."""
         return f"{self.namespace}.dead"
 
+    @property
+    def archive_queue(self) -> str:
+        """Every event (bound to `#`), consumed by the archiver."""
+        return f"{self.namespace}.archive"
+
     def subscription_queue(self, name: str) -> str:
         return f"{self.namespace}.sub.{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """One queue as the broker sees it now (for the admin API)."""
+
+    name: str
+    depth: int  # waiting, not leased (in-memory and SQLite: scheduled retries too; RabbitMQ: ready)
+    consumers: int | None  # None where the broker cannot tell
+    in_flight: int | None  # leased and not settled yet; None where the broker cannot tell
 
 
 class BrokerUnavailable(Exception):
@@ -287,6 +302,21 @@ class Broker(ABC):
     @abstractmethod
     async def queue_depths(self) -> dict[str, int]:
         """Messages waiting per hookhub queue (for /metrics and the admin API)."""
+
+    @abstractmethod
+    async def describe(self, queues: Sequence[str]) -> list[QueueInfo]:
+        """The queues of `queues` that exist, in that order (a missing one is left out), for the
+        admin API. `BrokerUnavailable` when the broker cannot be asked."""
+
+    @abstractmethod
+    async def delete_queue(self, queue: str) -> int:
+        """Drop `queue` (a deleted subscription's) with every message it holds, leased ones and
+        scheduled retries too where the broker can; how many were dropped (0: no such queue).
+
+        Its binding leaves the set this broker applies, so neither a publish, nor a reconnect,
+        nor this process's consumers of it bring it back (they see nothing); only a `start`
+        whose bindings include it again does. Settle calls on its old leases are no-ops.
+        """
 
     # Consume side (fan-out) ---------------------------------------------------------------
 

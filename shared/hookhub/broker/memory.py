@@ -29,6 +29,7 @@ from hookhub.broker.base import (
     Lease,
     LeaseHandler,
     PoisonMessage,
+    QueueInfo,
     Topology,
     event_from_message,
     log_orphans,
@@ -111,6 +112,9 @@ class MemoryServer:
     def drain(self, queue: str) -> list[MemoryMessage]:
         """Remove and return every message of `queue`, in order."""
         return list(self.queues.pop(queue, {}).values())
+
+    def consumers_of(self, queue: str) -> int:
+        return sum(1 for consumer in self._consumers if consumer.queue == queue)
 
     def touch(self, queue: str) -> None:
         for consumer in self._consumers:
@@ -202,6 +206,30 @@ class MemoryBroker(Broker):
             if queue.startswith(topology.namespace + ".") and (messages or queue in depths):
                 depths[queue] = len(messages)
         return depths
+
+    async def describe(self, queues: Sequence[str]) -> list[QueueInfo]:
+        """Leased (`in_flight`): handed out, lease not over; the rest, scheduled ones too, is `depth`."""
+        self._open()
+        topology, server = self.topology, self.server
+        known = {topology.unrouted_queue, topology.dead_queue, *server.bindings.get(topology.exchange, {})}
+        now = self.clock.now()
+        infos = []
+        for queue in queues:
+            messages = server.queues.get(queue)
+            if messages is None and queue not in known:
+                continue
+            leased = sum(1 for m in (messages or {}).values() if m.lease_id and m.available_at > now)
+            depth = len(messages or {}) - leased
+            infos.append(QueueInfo(queue, depth, server.consumers_of(queue), leased))
+        return infos
+
+    async def delete_queue(self, queue: str) -> int:
+        """Its messages go, leased ones too (their settle calls become no-ops), and so does its
+        binding, on the server and in this broker's set (a later `start` may bind it again)."""
+        self._open()
+        self._bindings = tuple(b for b in self._bindings if b.queue != queue)
+        self.server.bindings.get(self.topology.exchange, {}).pop(queue, None)
+        return len(self.server.drain(queue))
 
     # -- consume side ------------------------------------------------------------------------
 

@@ -26,11 +26,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from hookhub.clock import SYSTEM_CLOCK, Clock
 from hookhub.config import SubscriptionConfig
 from hookhub.events import Event
+from hookhub.fanout.health import Health
 from hookhub.fanout.policy import Decision, Verdict, decide
 from hookhub.fanout.sender import AttemptResult, Sender, delivery_id
 from hookhub.metrics import Metrics
@@ -71,6 +73,8 @@ class Target:
     # called the moment a 410 disables the subscription, before anything is requeued, so that
     # no other event of this target is POSTed meanwhile (`active` must turn false here)
     disable: Callable[[], None] = _nothing
+    # secrets signing besides the current one at a given time (a rotation's overlap)
+    extra_secrets: Callable[[float], tuple[str, ...]] = lambda _now: ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,7 @@ class Attempts:
         self.metrics = metrics
         self.park_delay = park_delay
         self.clock = clock
+        self.health = Health(states)
 
     async def handle(self, target: Target, held: Held) -> Step:
         """Attempt `held` once (unless parked or early), record the outcome, then settle it.
@@ -125,7 +130,12 @@ class Attempts:
                 return await self._park(held)
             started = self.clock.now()
             result = await self.sender.post(
-                target.name, target.config, held.event, attempt=held.attempt, delivery_id=did
+                target.name,
+                target.config,
+                held.event,
+                attempt=held.attempt,
+                delivery_id=did,
+                extra_secrets=target.extra_secrets(started),
             )
         return await self._settle(target, held, did, started, result)
 
@@ -136,22 +146,44 @@ class Attempts:
         await self._record(target.name, held, did, started, result, decision)
         self.metrics.deliveries.labels(target.name, decision.verdict.value).inc()
         self.metrics.delivery_latency.labels(target.name).observe(result.latency_ms / 1000)
-        if decision.disable:
-            target.disable()
-            await self.states.set(target.name, SubscriptionState.DISABLED, "endpoint answered 410 Gone")
-            log.warning(
-                "subscription %s disabled: its endpoint answered 410 Gone; its events wait in its queue",
-                target.name,
-                extra=_context(target.name, held.event, state="disabled"),
-            )
         verdict = decision.verdict
+        disabled = decision.disable
+        if disabled:
+            await self._disable(target, held.event, "its endpoint answered 410 Gone")
+        elif verdict is Verdict.DELIVERED:
+            await self.health.succeeded(target.name)
+        else:
+            since = await self.health.failed(target.name, started)
+            if started - since >= target.config.disable_after:
+                since = await self.health.confirm(target.name, started)
+            if started - since >= target.config.disable_after:
+                disabled = True
+                self.metrics.auto_disabled.labels(target.name).inc()
+                await self._disable(
+                    target,
+                    held.event,
+                    f"failing without a success since {_iso(since)} (disable_after "
+                    f"{target.config.disable_after:g}s)",
+                )
         if verdict in (Verdict.DELIVERED, Verdict.DEAD):
             await held.ack()
         elif verdict is Verdict.RETRY:
             await held.requeue(held.attempt + 1, decision.delay)
         else:
             await held.requeue(held.attempt + 1, self.park_delay)
-        return Step(verdict, held.attempt, decision.delay, result, decision.disable)
+        return Step(verdict, held.attempt, decision.delay, result, disabled)
+
+    async def _disable(self, target: Target, event: Event, why: str) -> None:
+        """Stop this target at once, then make it durable: its events wait in its queue."""
+        target.disable()
+        await self.states.set(target.name, SubscriptionState.DISABLED, why)
+        self.health.forget(target.name)
+        log.warning(
+            "subscription %s disabled: %s; its events wait in its queue until it is resumed",
+            target.name,
+            why,
+            extra=_context(target.name, event, state="disabled"),
+        )
 
     async def _park(self, held: Held) -> Step:
         """Nothing was sent: back to the queue with the same attempt number."""
@@ -207,6 +239,10 @@ def _dead_letter(last: AttemptRecord, event: Event, now: float) -> DeadLetter:
         last_error=last.error,
         dead_at=now,
     )
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _context(subscription: str, event: Event, **more: object) -> dict[str, object]:

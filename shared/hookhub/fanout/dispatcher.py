@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 
 from hookhub.broker.base import Broker, BrokerUnavailable, Consumer, Lease
 from hookhub.config import SubscriptionConfig
@@ -24,6 +25,7 @@ from hookhub.events import Event
 from hookhub.fanout.attempts import Attempts, Target
 from hookhub.metrics import Metrics
 from hookhub.store.base import StoreUnavailable, SubscriptionState, SubscriptionStates
+from hookhub.subscriptions import Registry, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +86,29 @@ class SubscriptionWorker:
     """Delivers one subscription's queue with its own concurrency and rate limits."""
 
     def __init__(
-        self, name: str, sub: SubscriptionConfig, queue: str, broker: Broker, attempts: Attempts
+        self,
+        name: str,
+        sub: SubscriptionConfig,
+        queue: str,
+        broker: Broker,
+        attempts: Attempts,
+        subscription: Subscription | None = None,
     ) -> None:
         self.name = name
         self.sub = sub
+        self.subscription = subscription or Subscription(name, sub, "file")  # what it was built from
         self.queue = queue
         self.broker = broker
         self.attempts = attempts
         self.limiter = RateLimiter(sub.rate_limit) if sub.rate_limit else None
-        self.target = Target(name, sub, self._active, asyncio.Semaphore(sub.max_in_flight), self._disable)
+        self.target = Target(
+            name,
+            sub,
+            self._active,
+            asyncio.Semaphore(sub.max_in_flight),
+            self._disable,
+            self.subscription.extra_secrets,
+        )
         self._consumer: Consumer | None = None
         self._stopping = asyncio.Event()
         self.on_disabled = asyncio.Event()
@@ -166,22 +182,23 @@ class SubscriptionWorker:
 
 
 class Dispatcher:
-    """Runs a worker per active push subscription and follows pause/resume/disable states."""
+    """Runs a worker per active push subscription and follows the registry (subscriptions created,
+    changed or deleted at run time) and the pause/resume/disable states."""
 
     def __init__(
         self,
-        subscriptions: dict[str, SubscriptionConfig],
-        queue_for: dict[str, str],
+        registry: Registry,
+        queue_of: Callable[[str], str],
         broker: Broker,
         states: SubscriptionStates,
         attempts: Attempts,
         metrics: Metrics,
     ) -> None:
-        self.workers = {
-            name: SubscriptionWorker(name, sub, queue_for[name], broker, attempts)
-            for name, sub in subscriptions.items()
-            if sub.mode == "push"
-        }
+        self.registry = registry
+        self.queue_of = queue_of
+        self.broker = broker
+        self.attempts = attempts
+        self.workers: dict[str, SubscriptionWorker] = {}
         self.states = states
         self.metrics = metrics
         self._watch: asyncio.Task[None] | None = None
@@ -201,13 +218,15 @@ class Dispatcher:
             await asyncio.gather(*(w.stop() for w in self.workers.values()))
 
     async def sync_states(self) -> None:
-        """Start workers for active subscriptions and stop the paused or disabled ones."""
+        """Follow the registry, then start workers for active subscriptions and stop the paused
+        or disabled ones."""
         async with self._lock:
             try:
                 states = await self.states.all()
             except StoreUnavailable as exc:
                 log.warning("dispatcher cannot read subscription states: %s", exc)
                 return
+            await self._follow_registry(await self.registry.try_refresh())
             changes = []
             for name, worker in self.workers.items():
                 state = states.get(name, SubscriptionState.ACTIVE)
@@ -230,6 +249,27 @@ class Dispatcher:
             await asyncio.gather(*changes)
             for name, worker in self.workers.items():
                 self.metrics.subscription_active.labels(name).set(1 if worker.running else 0)
+
+    async def _follow_registry(self, subscriptions: dict[str, Subscription]) -> None:
+        """Replace the worker of a changed subscription (its old worker stops gracefully first,
+        so nothing is lost or repeated) and drop the workers of deleted ones."""
+        stopping = []
+        for name, worker in list(self.workers.items()):
+            sub = subscriptions.get(name)
+            if sub is not None and sub.push and sub == worker.subscription:
+                continue
+            log.info("subscription %s: %s", name, "changed" if sub is not None else "deleted")
+            stopping.append(worker.stop())
+            del self.workers[name]
+            if sub is None:
+                with contextlib.suppress(KeyError):
+                    self.metrics.subscription_active.remove(name)
+        await asyncio.gather(*stopping)
+        for name, sub in subscriptions.items():
+            if sub.push and name not in self.workers:
+                self.workers[name] = SubscriptionWorker(
+                    name, sub.config, self.queue_of(name), self.broker, self.attempts, sub
+                )
 
     async def _follow_states(self) -> None:
         while True:

@@ -22,7 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 import aiohttp
 
 from hookhub.config import SubscriptionConfig
-from hookhub.events import SPECVERSION, Event
+from hookhub.events import REPLAY_EXTENSION, SPECVERSION, Event
 from hookhub.signing import sign_with_key, signing_key
 
 try:
@@ -35,11 +35,18 @@ MAX_RESPONSE_READ = 64 * 1024  # read (and discard) this much of a response so t
 MAX_ERROR_BODY_CHARS = 200  # of a non-2xx response body, kept in the attempt's error text
 
 
+REPLAY_HEADER = "hookhub-replay"  # a resend's REPLAY_EXTENSION goes out as this, not as `ce-*`
+
+
 def delivery_id(subscription: str, event: Event) -> str:
     """The `webhook-id` of one event's delivery to one subscription: the same on every attempt and
     in every process (a hash, not a random id), so subscribers can deduplicate on it even across
     a hub crash, and the attempt log can number the attempts of a redelivered message."""
-    digest = hashlib.sha256(f"{subscription}\0{event.source}\0{event.id}".encode()).digest()
+    key = f"{subscription}\0{event.source}\0{event.id}"
+    replay = event.extensions.get(REPLAY_EXTENSION)
+    if replay:  # a resend from the archive is a delivery of its own, numbered afresh
+        key += f"\0{replay}"
+    digest = hashlib.sha256(key.encode()).digest()
     return "msg_" + base64.b32encode(digest).decode("ascii")[:26].lower()
 
 
@@ -79,7 +86,10 @@ def cloudevent_headers(event: Event) -> dict[str, str]:
     if event.dataschema:
         headers["ce-dataschema"] = _header_value(event.dataschema)
     for name, value in event.extensions.items():
-        headers.setdefault(f"ce-{name}", _header_value(value))
+        if name == REPLAY_EXTENSION:
+            headers[REPLAY_HEADER] = _header_value(value)
+        else:
+            headers.setdefault(f"ce-{name}", _header_value(value))
     if event.datacontenttype:
         headers["Content-Type"] = event.datacontenttype
     return headers
@@ -128,6 +138,7 @@ class Sender:
         *,
         attempt: int,
         delivery_id: str,
+        extra_secrets: tuple[str, ...] = (),
     ) -> AttemptResult:
         """One attempt. Never raises for network or subscriber behaviour: see `AttemptResult`."""
         if sub.url is None:
@@ -137,11 +148,15 @@ class Sender:
         headers["webhook-id"] = delivery_id
         headers["webhook-timestamp"] = str(timestamp)
         if sub.secret is not None:
-            try:
-                key = signing_key(sub.secret.get_secret_value())
-            except ValueError as exc:  # a config problem: visible on every attempt, then a dead letter
-                return AttemptResult(None, 0.0, str(exc))
-            headers["webhook-signature"] = sign_with_key(key, delivery_id, timestamp, event.data)
+            # during a secret rotation both signatures go out, space-separated (Standard Webhooks)
+            signatures = []
+            for secret in (sub.secret.get_secret_value(), *extra_secrets):
+                try:
+                    key = signing_key(secret)
+                except ValueError as exc:  # a config problem: visible on every attempt, then a dead letter
+                    return AttemptResult(None, 0.0, str(exc))
+                signatures.append(sign_with_key(key, delivery_id, timestamp, event.data))
+            headers["webhook-signature"] = " ".join(signatures)
         headers["hookhub-attempt"] = str(attempt)
 
         session = self._client()

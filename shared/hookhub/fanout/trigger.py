@@ -10,12 +10,15 @@ of its wait instead of being attempted early.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hookhub.broker.base import Broker
-from hookhub.config import SubscriptionConfig
+from hookhub.clock import SYSTEM_CLOCK, Clock
 from hookhub.events import Event
 from hookhub.fanout.attempts import Attempts, Step, Target
 from hookhub.fanout.sender import delivery_id
 from hookhub.store.base import AttemptLog, SubscriptionState, SubscriptionStates
+from hookhub.subscriptions import Registry, Subscription
 
 
 class TriggeredEvent:
@@ -40,34 +43,49 @@ class TriggeredEvent:
 
 
 class Trigger:
-    """Handles one pushed event for one subscription through the shared decision path."""
+    """Handles one pushed event for one subscription through the shared decision path.
+
+    The registry is re-read at most every `REFRESH_SECONDS`, so a subscription created or
+    changed through the admin API reaches a long-lived `fanout` replica without a restart.
+    """
+
+    REFRESH_SECONDS = 2.0
 
     def __init__(
         self,
-        push: dict[str, SubscriptionConfig],
+        registry: Registry,
         broker: Broker,
-        queue_for: dict[str, str],
+        queue_of: Callable[[str], str],
         attempt_log: AttemptLog,
         states: SubscriptionStates,
         attempts: Attempts,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.push = push
+        self.registry = registry
         self.broker = broker
-        self.queue_for = queue_for
+        self.queue_of = queue_of
         self.attempt_log = attempt_log
         self.states = states
         self.attempts = attempts
+        self.clock = clock
+        self._refreshed_at = float("-inf")
 
-    def knows(self, name: str) -> bool:
-        return name in self.push
+    async def lookup(self, name: str) -> Subscription | None:
+        """The push subscription `name`, from a registry at most `REFRESH_SECONDS` old."""
+        if self.clock.now() - self._refreshed_at >= self.REFRESH_SECONDS or not self.registry.loaded:
+            self._refreshed_at = self.clock.now()
+            await self.registry.try_refresh()
+        sub = self.registry.current().get(name)
+        return sub if sub is not None and sub.push else None
 
-    async def handle(self, name: str, event: Event) -> Step:
+    async def handle(self, sub: Subscription, event: Event) -> Step:
         """Raises `StoreUnavailable` / `BrokerUnavailable`: answer 5xx so the source redelivers."""
-        sub = self.push[name]
+        name = sub.name
         state = (await self.states.all()).get(name, SubscriptionState.ACTIVE)
         known = await self.attempt_log.delivery_state(delivery_id(name, event))
         held = TriggeredEvent(
-            self.broker, self.queue_for[name], event, known.attempts + 1, known.next_attempt_at
+            self.broker, self.queue_of(name), event, known.attempts + 1, known.next_attempt_at
         )
         active = state is SubscriptionState.ACTIVE
-        return await self.attempts.handle(Target(name, sub, lambda: active), held)
+        target = Target(name, sub.config, lambda: active, extra_secrets=sub.extra_secrets)
+        return await self.attempts.handle(target, held)

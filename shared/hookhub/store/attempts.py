@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, update
 
 from hookhub.store.engine import Database, Writer, raw_cursor
-from hookhub.store.records import RETRY, AttemptRecord, DeadLetter, DeliveryState
+from hookhub.store.records import RETRY, AttemptRecord, DeadLetter, DeadLetterQuery, DeliveryState
 from hookhub.store.schema import (
     MAX_ERROR_CHARS,
     attempt_record,
@@ -50,6 +50,41 @@ _DEAD_UPSERT = f" ON CONFLICT ({_D.c.delivery_id.name}) DO UPDATE SET " + ", ".j
 MAX_IDS_PER_STATEMENT = 500
 
 _Write = tuple[AttemptRecord, DeadLetter | None]
+
+
+def _filters(query: DeadLetterQuery) -> list[ColumnElement[bool]]:
+    """The query's selectors (not its cursor or limit), as WHERE conditions."""
+    conditions: list[ColumnElement[bool]] = []
+    if query.subscription is not None:
+        conditions.append(_D.c.subscription == query.subscription)
+    if query.type is not None:
+        conditions.append(_D.c.event_type == query.type)
+    if query.since is not None:
+        conditions.append(_D.c.dead_at >= query.since)
+    if query.until is not None:
+        conditions.append(_D.c.dead_at < query.until)
+    return conditions
+
+
+def _id_chunks(query: DeadLetterQuery) -> list[list[str] | None]:
+    """The query's delivery ids in chunks a statement can bind; [None] when it names none."""
+    if query.delivery_ids is None:
+        return [None]
+    ids = list(dict.fromkeys(query.delivery_ids))
+    return [ids[start : start + MAX_IDS_PER_STATEMENT] for start in range(0, len(ids), MAX_IDS_PER_STATEMENT)]
+
+
+def _page(query: DeadLetterQuery, ids: list[str] | None) -> Select[Any]:
+    """One page of unreplayed dead letters, in keyset order (dead_at, delivery_id)."""
+    stmt = select(_D).where(_D.c.replayed_at.is_(None), *_filters(query))
+    if ids is not None:
+        stmt = stmt.where(_D.c.delivery_id.in_(ids))
+    if query.after is not None:
+        dead_at, delivery_id = query.after
+        stmt = stmt.where(
+            or_(_D.c.dead_at > dead_at, and_(_D.c.dead_at == dead_at, _D.c.delivery_id > delivery_id))
+        )
+    return stmt.order_by(_D.c.dead_at, _D.c.delivery_id).limit(max(query.limit, 0))
 
 
 def _attempt_row(a: AttemptRecord) -> tuple[Any, ...]:
@@ -211,6 +246,60 @@ class SqlAttemptLog:
             return marked
 
         return await self._db.run(run, "dead letter update")
+
+    async def dead_letter(self, delivery_id: str) -> DeadLetter | None:
+        def run() -> DeadLetter | None:
+            with self._db.engine.connect() as conn:
+                row = conn.execute(select(_D).where(_D.c.delivery_id == delivery_id)).first()
+            return dead_letter(row._mapping) if row else None
+
+        return await self._db.run(run, "dead letter read")
+
+    async def find_dead_letters(self, query: DeadLetterQuery) -> list[DeadLetter]:
+        def run() -> list[DeadLetter]:
+            found: list[DeadLetter] = []
+            with self._db.engine.connect() as conn:
+                for ids in _id_chunks(query):  # each chunk's first page holds its share of ours
+                    found.extend(dead_letter(r._mapping) for r in conn.execute(_page(query, ids)))
+            found.sort(key=lambda d: (d.dead_at, d.delivery_id))
+            return found[: max(query.limit, 0)]
+
+        return await self._db.run(run, "dead letter read")
+
+    async def purge_dead_letters(self, query: DeadLetterQuery) -> int:
+        def run() -> int:
+            purged = 0
+            with self._db.durable() as conn:
+                for ids in _id_chunks(query):
+                    stmt = delete(_D).where(*_filters(query))
+                    if ids is not None:
+                        stmt = stmt.where(_D.c.delivery_id.in_(ids))
+                    purged += conn.execute(stmt).rowcount
+            return purged
+
+        return await self._db.run(run, "dead letter purge")
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        def run() -> dict[str, int]:
+            with self._db.engine.connect() as conn:
+                rows = conn.execute(
+                    select(_D.c.subscription, func.count())
+                    .where(_D.c.replayed_at.is_(None))
+                    .group_by(_D.c.subscription)
+                ).all()
+            return {subscription: int(count) for subscription, count in rows}
+
+        return await self._db.run(run, "dead letter read")
+
+    async def for_delivery(self, delivery_id: str) -> list[AttemptRecord]:
+        def run() -> list[AttemptRecord]:
+            with self._db.engine.connect() as conn:
+                rows = conn.execute(
+                    select(_A).where(_A.c.delivery_id == delivery_id).order_by(_A.c.attempted_at, _A.c.id)
+                ).all()
+            return [attempt_record(r._mapping) for r in rows]
+
+        return await self._db.run(run, "attempt log read")
 
     def close(self) -> None:
         self.writer.close()

@@ -161,6 +161,16 @@ class SqlClaimStore:
 
         return await self._db.run(run, "ingest record read")
 
+    async def by_event_id(self, event_id: str, limit: int = 20) -> list[IngestRecord]:
+        def run() -> list[IngestRecord]:
+            with self._db.engine.connect() as conn:
+                rows = conn.execute(
+                    select(_T).where(_C.event_id == event_id).order_by(_C.received_at, _C.source).limit(limit)
+                ).all()
+            return [ingest_record(r._mapping) for r in rows]
+
+        return await self._db.run(run, "ingest record read")
+
     def close(self) -> None:
         self.writer.close()
 

@@ -15,7 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import Table, create_engine, event
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError, StatementError
 
@@ -118,6 +122,10 @@ class Database:
         self._checks_lock = threading.Lock()
         self._checks: dict[Callable[[], None], Future[None]] = {}
 
+    def insert(self, table: Table) -> PgInsert | SqliteInsert:
+        """The dialect's INSERT, which has ON CONFLICT clauses (both spell them alike)."""
+        return pg_insert(table) if self.postgres else sqlite_insert(table)
+
     # What an error means ------------------------------------------------------------------
 
     def refused(self, exc: BaseException) -> bool:
@@ -152,6 +160,9 @@ class Database:
         with self.log_engine.begin() as conn:
             if self.postgres:
                 conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
+            else:  # the attempt log's writer may have left this pooled connection at NORMAL;
+                # sqlite3 opens the transaction only at the first write, so this still applies
+                conn.exec_driver_sql("PRAGMA synchronous=FULL")
             yield conn
 
     # Lifecycle ----------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 EventKey = tuple[str, str]  # (source, id)
 
@@ -82,3 +84,95 @@ class SubscriptionState(enum.Enum):
     ACTIVE = "active"
     PAUSED = "paused"  # by an operator: events wait in the queue
     DISABLED = "disabled"  # the subscriber answered 410: events wait until it is resumed
+
+
+@dataclass(slots=True)
+class StateRecord:
+    """A subscription's state row, with when its deliveries started failing (auto-disable)."""
+
+    state: SubscriptionState
+    reason: str
+    updated_at: float
+    failing_since: float | None = None  # first failed attempt since the last success
+
+
+@dataclass(slots=True)
+class StoredSubscription:
+    """A subscription created through the admin API (file ones live in hookhub.yaml)."""
+
+    name: str
+    config: dict[str, Any]  # SubscriptionConfig.model_dump(mode="json") with secrets in clear
+    created_at: float
+    updated_at: float
+    previous_secret: str | None = None  # still signed with, until:
+    previous_secret_expires_at: float | None = None
+
+
+@dataclass(slots=True)
+class DeadLetterQuery:
+    """Which dead letters to list or purge; every filter given must match."""
+
+    subscription: str | None = None
+    type: str | None = None  # exact event type
+    since: float | None = None  # dead_at >= since
+    until: float | None = None  # dead_at < until
+    delivery_ids: Sequence[str] | None = None
+    after: tuple[float, str] | None = None  # keyset cursor (dead_at, delivery_id), oldest first
+    limit: int = 100
+
+
+@dataclass(slots=True)
+class ReplayJob:
+    """A resend of a subscription's archived interval, resumable from its cursor."""
+
+    id: str  # uuid4 hex
+    subscription: str
+    start: float  # interval [start, end) on event time
+    end: float
+    state: str  # queued | running | done | cancelled | failed
+    created_at: float
+    updated_at: float
+    scanned: int = 0  # archived events read
+    sent: int = 0  # matched and published to the subscription's queue
+    error: str | None = None
+    cursor: str | None = None  # opaque archive position to resume from
+    owner: str | None = None  # the process running it
+    heartbeat_at: float | None = None
+    finished_at: float | None = None
+
+
+# a replay job's states: queued and running ones are unfinished
+JOB_QUEUED, JOB_RUNNING = "queued", "running"
+JOB_DONE, JOB_CANCELLED, JOB_FAILED = "done", "cancelled", "failed"
+
+
+@dataclass(slots=True)
+class Rejection:
+    """An ingest request a provider's endpoint refused, for the operator to see why."""
+
+    provider: str
+    at: float
+    status: int
+    reason: str  # never a secret
+
+
+@dataclass(slots=True)
+class EventTypeSeen:
+    """How often one origin sent one event type, and when last."""
+
+    origin: str  # provider or producer name
+    type: str
+    count: int
+    last_seen: float
+
+
+@dataclass(slots=True)
+class PullReceipt:
+    """An event handed to a pull consumer, to be acknowledged by this opaque id."""
+
+    receipt: str  # opaque id handed to the consumer
+    subscription: str
+    delivery_id: str
+    attempt: int
+    issued_at: float
+    acked_at: float | None = None

@@ -26,7 +26,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from hookhub.store.records import AttemptRecord, DeadLetter, IngestRecord
+from hookhub.store.records import (
+    AttemptRecord,
+    DeadLetter,
+    EventTypeSeen,
+    IngestRecord,
+    PullReceipt,
+    Rejection,
+    ReplayJob,
+    StateRecord,
+    StoredSubscription,
+    SubscriptionState,
+)
 
 metadata = MetaData()
 
@@ -43,6 +54,7 @@ ingest_records = Table(
     Column("claimed_at", Float, nullable=False),  # when the current owner claimed it (takeover)
     Index("ix_ingest_records_correlation_id", "correlation_id"),
     Index("ix_ingest_records_received_at", "received_at"),
+    Index("ix_ingest_records_event_id", "event_id"),  # an operator's trace by id alone
 )
 
 delivery_attempts = Table(
@@ -84,6 +96,7 @@ dead_letters = Table(
     Column("dead_at", Float, nullable=False),
     Column("replayed_at", Float, nullable=True),
     Index("ix_dead_letters_subscription", "subscription", "dead_at"),
+    Index("ix_dead_letters_dead_at", "dead_at", "delivery_id"),  # the listing's keyset order
 )
 
 subscription_states = Table(
@@ -93,6 +106,72 @@ subscription_states = Table(
     Column("state", String(16), nullable=False),
     Column("reason", Text, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("failing_since", Float, nullable=True),
+)
+
+stored_subscriptions = Table(
+    "stored_subscriptions",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("config", Text, nullable=False),  # JSON object: the SubscriptionConfig, secrets included
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("previous_secret", Text, nullable=True),
+    Column("previous_secret_expires_at", Float, nullable=True),
+)
+
+replay_jobs = Table(
+    "replay_jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("subscription", String(255), nullable=False),
+    Column("start", Float, nullable=False),
+    Column("end", Float, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("scanned", BigInteger, nullable=False),
+    Column("sent", BigInteger, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("cursor", Text, nullable=True),
+    Column("owner", String(255), nullable=True),
+    Column("heartbeat_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Index("ix_replay_jobs_state", "state", "created_at"),
+    Index("ix_replay_jobs_subscription", "subscription", "created_at"),
+)
+
+rejections = Table(
+    "rejections",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("provider", String(255), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("ix_rejections_provider", "provider", "at", "id"),
+    Index("ix_rejections_at", "at", "id"),
+)
+
+event_types = Table(
+    "event_types",
+    metadata,
+    Column("origin", String(255), primary_key=True),
+    Column("type", String(255), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    Column("last_seen", Float, nullable=False),
+)
+
+pull_receipts = Table(
+    "pull_receipts",
+    metadata,
+    Column("receipt", String(64), primary_key=True),
+    Column("subscription", String(255), nullable=False),
+    Column("delivery_id", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("issued_at", Float, nullable=False),
+    Column("acked_at", Float, nullable=True),
+    Index("ix_pull_receipts_issued_at", "issued_at"),
 )
 
 MAX_ERROR_CHARS = 500  # of an attempt's error text: enough to diagnose, bounded per row
@@ -108,9 +187,11 @@ def column_list(columns: Iterable[Column[Any]]) -> str:
 
 
 def upgrade(conn: Connection) -> None:
-    """Bring a database created by an older release up to these tables (before create_all).
+    """Bring a database created by an older release up to these tables (before create_all,
+    which creates the missing tables with their indexes but skips existing tables entirely).
 
-    Only additive changes and renames: `outcome` became `verdict`; new nullable columns are added.
+    Only additive changes and renames: `outcome` became `verdict`; new nullable columns and new
+    indexes are added.
     """
     inspector = inspect(conn)
     existing = set(inspector.get_table_names())
@@ -124,7 +205,12 @@ def upgrade(conn: Connection) -> None:
         for column in table.columns:
             if column.name not in present and column.nullable:
                 kind = column.type.compile(dialect=conn.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+                quoted = conn.dialect.identifier_preparer.quote(column.name)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {quoted} {kind}")
+        indexed = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexed:
+                index.create(conn)
 
 
 R = TypeVar("R")
@@ -147,6 +233,30 @@ def attempt_record(row: Any) -> AttemptRecord:
 
 def dead_letter(row: Any) -> DeadLetter:
     return from_row(DeadLetter, row, attributes=json.loads(row["attributes"]), data=bytes(row["data"]))
+
+
+def state_record(row: Any) -> StateRecord:
+    return from_row(StateRecord, row, state=SubscriptionState(row["state"]))
+
+
+def stored_subscription(row: Any) -> StoredSubscription:
+    return from_row(StoredSubscription, row, config=json.loads(row["config"]))
+
+
+def replay_job(row: Any) -> ReplayJob:
+    return from_row(ReplayJob, row)
+
+
+def rejection(row: Any) -> Rejection:
+    return from_row(Rejection, row)
+
+
+def event_type_seen(row: Any) -> EventTypeSeen:
+    return from_row(EventTypeSeen, row)
+
+
+def pull_receipt(row: Any) -> PullReceipt:
+    return from_row(PullReceipt, row)
 
 
 def short(error: str | None) -> str | None:

@@ -2,16 +2,31 @@
 
 Consuming uses a connection of its own: RabbitMQ blocks a publishing connection under a resource
 alarm, and the consumers, whose acks are what frees the memory, must not stall with it.
+
+A queue dropped with `delete_queue` stays "deleted" in this broker until `start` binds it again:
+its consumers wait instead of declaring it anew (they declare their queue on every attach), and
+its binding leaves the set the publisher applies on every reconnect.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
 import pika
 
-from hookhub.broker.base import Binding, Broker, BrokerUnavailable, Consumer, Lease, LeaseHandler, Topology
+from hookhub.broker.base import (
+    Binding,
+    Broker,
+    BrokerUnavailable,
+    Consumer,
+    Lease,
+    LeaseHandler,
+    QueueInfo,
+    Topology,
+)
+from hookhub.broker.rabbitmq.amqp import close_quietly, open_channel, rpc
 from hookhub.broker.rabbitmq.consumer import RabbitConsumer, receipt_of
 from hookhub.broker.rabbitmq.link import Link
 from hookhub.broker.rabbitmq.publisher import Publisher
@@ -48,6 +63,8 @@ class RabbitMQBroker(Broker):
         self._start_timeout = start_timeout
         self._consumers: set[RabbitConsumer] = set()
         self._started = False
+        self._deleted: set[str] = set()  # queues `delete_queue` dropped and no `start` bound since
+        self._restored = asyncio.Event()  # set (and replaced) when `start` binds queues again
 
     @property
     def delay_names(self) -> tuple[str, ...]:
@@ -62,12 +79,17 @@ class RabbitMQBroker(Broker):
         changed = publisher.bindings != tuple(bindings)
         publisher.bindings = tuple(bindings)
         self._started = True
+        restored = self._deleted & {b.queue for b in bindings}
+        self._deleted -= restored
         if publisher.link.running:
             if changed:
                 await publisher.rebind()
-            return
-        publisher.start()
-        await publisher.link.first_attempt(self._start_timeout)
+        else:
+            publisher.start()
+            await publisher.link.first_attempt(self._start_timeout)
+        if restored:  # declared again by now (if connected): their waiting consumers go ahead
+            self._restored.set()
+            self._restored = asyncio.Event()
 
     async def publish(self, events: Sequence[Event], timeout: float = 5.0) -> None:
         if events:
@@ -93,6 +115,54 @@ class RabbitMQBroker(Broker):
             return {queue: await probe.depth(queue) or 0 for queue in queues}
         finally:
             probe.close()
+
+    async def describe(self, queues: Sequence[str]) -> list[QueueInfo]:
+        """Passive declarations: ready messages and consumers as the server counts them. Unacked
+        messages it does not tell, so `in_flight` is the leases this process holds, when every
+        consumer of the queue is one of this process's (None otherwise)."""
+        connection, lost = self.publisher.link.open()
+        probe = Probe(connection, lost)
+        infos = []
+        try:
+            for queue in queues:
+                counts = await probe.counts(queue)
+                if counts is None:
+                    continue
+                ready, consumers = counts
+                ours = [c for c in self._consumers if c.queue == queue and c.attached]
+                in_flight = sum(c.in_flight for c in ours) if len(ours) == consumers else None
+                infos.append(QueueInfo(queue, ready, consumers, in_flight))
+        finally:
+            probe.close()
+        return infos
+
+    async def delete_queue(self, queue: str) -> int:
+        """`queue.delete` on a channel of its own. Counted: its ready messages and the leases this
+        process held (other processes' leases go too, uncounted). Retries parked in the shared
+        delay tiers cannot be picked out: when due they find no queue and land in the unrouted
+        queue. On `BrokerUnavailable` the queue may or may not be gone: call again."""
+        connection, lost = self.publisher.link.open()
+        self._deleted.add(queue)  # before the delete: our consumers, cancelled by it, must wait
+        self.publisher.bindings = tuple(b for b in self.publisher.bindings if b.queue != queue)
+        held = sum(c.in_flight for c in self._consumers if c.queue == queue)
+        channel, closed = await open_channel(connection, lost)
+        try:
+            frame = await rpc(closed, channel.queue_delete, queue=queue)
+        except BrokerUnavailable:
+            if not connection.is_open:
+                raise
+            return 0  # refused (e.g. 404 on servers that answer so for a missing queue)
+        finally:
+            close_quietly(channel)
+        return int(frame.method.message_count) + held
+
+    def deleted(self, queue: str) -> bool:
+        return queue in self._deleted
+
+    async def wait_restored(self, queue: str) -> None:
+        """Until `start` binds `queue` again."""
+        while queue in self._deleted:
+            await self._restored.wait()
 
     # -- consume side ---------------------------------------------------------------------------
 

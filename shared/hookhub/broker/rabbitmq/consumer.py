@@ -106,6 +106,15 @@ class RabbitConsumer(Consumer):
         self._cancelled = False
         self._runner: asyncio.Task[None] | None = None
         self._attempted = asyncio.Event()  # the first subscription attempt is over
+        # The server cancelled the subscription (the queue was deleted, maybe by another process):
+        # from then on only a queue that exists again is consumed, never declared anew.
+        self._gone = False
+
+    @property
+    def attached(self) -> bool:
+        """Subscribed on an open channel (the server counts it as a consumer)."""
+        channel = self._channel
+        return channel is not None and channel.is_open and self._consumer_tag is not None
 
     @property
     def in_flight(self) -> int:
@@ -127,11 +136,19 @@ class RabbitConsumer(Consumer):
     async def _run(self) -> None:
         delay = BACKOFF_MIN
         while not self._cancelled:
+            if self._broker.deleted(self.queue):  # declaring it would bring it back: wait
+                self._attempted.set()
+                await self._broker.wait_restored(self.queue)
+                continue
             connection, lost = await self._broker.consumer_link.wait_up()
             try:
                 closed = await self._attach(connection, lost)
             except Exception as exc:  # BrokerUnavailable, or pika's state errors mid-close
                 self._attempted.set()
+                if self._gone and connection.is_open:  # deleted: look again now and then, quietly
+                    log.debug("queue %s is gone; looking for it again in %.0fs", self.queue, BACKOFF_MAX)
+                    await asyncio.sleep(BACKOFF_MAX)
+                    continue
                 log.warning("cannot consume %s (retry in %.1fs): %r", self.queue, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
@@ -140,8 +157,8 @@ class RabbitConsumer(Consumer):
             delay = BACKOFF_MIN
             await asyncio.wait([closed, lost], return_when=asyncio.FIRST_COMPLETED)
             self._unsettled.clear()  # RabbitMQ has requeued them; their settle calls are no-ops
-            self._channel = None
-            if not self._cancelled:
+            self._channel = self._consumer_tag = None
+            if not self._cancelled and not self._broker.deleted(self.queue):
                 reason = closed.result() if closed.done() else lost.result() if lost.done() else None
                 log.warning("consumer channel of %s closed (re-subscribing): %s", self.queue, reason)
                 await asyncio.sleep(BACKOFF_MIN)
@@ -153,6 +170,8 @@ class RabbitConsumer(Consumer):
             # Idempotent declarations, so consuming works in any order with `start` and after
             # the server lost its definitions; the queue gets its retries through `<ns>.redeliver`.
             await declare_redeliver(channel, closed, topology)
+            if self._gone:  # fails (404) while it does not exist
+                await rpc(closed, channel.queue_declare, queue=self.queue, passive=True)
             await rpc(closed, channel.queue_declare, queue=self.queue, durable=True, arguments=QUORUM)
             await rpc(
                 closed,
@@ -168,6 +187,7 @@ class RabbitConsumer(Consumer):
                 closed, channel.basic_consume, queue=self.queue, on_message_callback=self._on_message
             )
             self._consumer_tag = frame.method.consumer_tag
+            self._gone = False
         except BaseException:
             self._channel = None
             close_quietly(channel)
@@ -176,6 +196,7 @@ class RabbitConsumer(Consumer):
 
     def _on_server_cancel(self, _frame: Any) -> None:
         """The server dropped the subscription (queue deleted...): start over on a new channel."""
+        self._gone = True
         if self._channel is not None:
             close_quietly(self._channel)
 

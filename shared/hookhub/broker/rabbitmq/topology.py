@@ -78,6 +78,11 @@ class Probe:
 
     async def depth(self, queue: str) -> int | None:
         """Messages ready in `queue`; None if it does not exist."""
+        counts = await self.counts(queue)
+        return None if counts is None else counts[0]
+
+    async def counts(self, queue: str) -> tuple[int, int] | None:
+        """Messages ready in `queue` and its consumers; None if it does not exist."""
         if self._channel is None or not self._channel[0].is_open:
             self._channel = await open_channel(self._connection, self._lost)
         channel, closed = self._channel
@@ -87,7 +92,7 @@ class Probe:
             if not self._connection.is_open:
                 raise
             return None
-        return int(frame.method.message_count)
+        return int(frame.method.message_count), int(frame.method.consumer_count)
 
     def close(self) -> None:
         if self._channel is not None:

@@ -11,8 +11,9 @@ Bindings live in a table, like bindings on a RabbitMQ server: a process that pub
 queues another process (the fan-out side) declared. `start` replaces this namespace's rows with
 the given set.
 
-Modules: `writer` (schema, statements, the writer thread's batch), `consumer` (leasing, lease
-renewal, poison), `broker` (the `Broker` methods).
+Modules: `writer` (schema, statements, the writer thread's batch), `reader` (depths and queue
+details on a read connection), `consumer` (leasing, lease renewal, poison), `broker` (the
+`Broker` methods).
 
 Why the stdlib `sqlite3` and not SQLAlchemy here: the writer is one thread with one connection
 running one fixed `executemany` per batch; SQLAlchemy would add statement compilation and its

@@ -18,14 +18,17 @@ from hookhub.broker.base import (
     Consumer,
     Lease,
     LeaseHandler,
+    QueueInfo,
     Topology,
     log_orphans,
 )
 from hookhub.broker.leasing import cancel_all, check_consume
+from hookhub.broker.sqlite import reader
 from hookhub.broker.sqlite.consumer import SQLiteConsumer, SQLiteReceipt
 from hookhub.broker.sqlite.writer import (
     AckOp,
     DeclareOp,
+    DeleteQueueOp,
     Op,
     ReleaseOp,
     RetryOp,
@@ -108,10 +111,34 @@ class SQLiteBroker(Broker):
         self._writer.close()
 
     async def queue_depths(self) -> dict[str, int]:
+        bound = [b.queue for b in self._writer.bindings]
+        return await self._read(lambda conn: reader.count(conn, self.topology, bound))
+
+    async def describe(self, queues: Sequence[str]) -> list[QueueInfo]:
+        now = time.time()
+        return await self._read(lambda conn: reader.describe(conn, self.topology, queues, now))
+
+    async def delete_queue(self, queue: str) -> int:
+        """One transaction drops its rows (leased and scheduled ones too: their settle calls
+        then touch nothing) and its bindings, which leave this broker's set as well."""
+        dropped: int = await self.submit(DeleteQueueOp(queue))
+        self._writer.bindings = tuple(b for b in self._writer.bindings if b.queue != queue)
+        return dropped
+
+    async def _read(self, question: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Ask `question` on a read connection of its own, in a worker thread."""
         if self._writer.conn is None or self._closed:
             raise BrokerUnavailable("the SQLite broker is not open")
+
+        def ask() -> Any:
+            conn = self._writer.connect()
+            try:
+                return question(conn)
+            finally:
+                conn.close()
+
         try:
-            return await asyncio.to_thread(self._writer.count, [b.queue for b in self._writer.bindings])
+            return await asyncio.to_thread(ask)
         except sqlite3.Error as exc:
             raise BrokerUnavailable(f"SQLite broker read failed: {exc}") from exc
 

@@ -88,7 +88,9 @@ _TO_DEAD = (
     f"UPDATE {MESSAGES_TABLE} SET queue = ?, available_at = ?, lease_id = NULL, dead_reason = ? "
     "WHERE seq = ? AND lease_id = ?"
 )
-_COUNT_RANGE = f"SELECT queue, COUNT(*) FROM {MESSAGES_TABLE} WHERE queue >= ? AND queue < ? GROUP BY queue"
+_DROP_QUEUE = f"DELETE FROM {MESSAGES_TABLE} WHERE queue = ?"
+_UNBIND_QUEUE = f"DELETE FROM {BINDINGS_TABLE} WHERE exchange = ? AND queue = ?"
+COUNT_RANGE = f"SELECT queue, COUNT(*) FROM {MESSAGES_TABLE} WHERE queue >= ? AND queue < ? GROUP BY queue"
 
 
 # -- what the writer executes besides publishes (one transaction for a whole batch) -------------
@@ -153,13 +155,22 @@ class DeadOp:
 
 
 @dataclass(slots=True)
+class DeleteQueueOp:
+    """Drop a queue: its rows, leased and scheduled ones too, and its bindings; result: rows dropped."""
+
+    queue: str
+
+
+@dataclass(slots=True)
 class DeclareOp:
     """Make `bindings` the complete set; result: the unbound subscription queues holding messages."""
 
     bindings: tuple[Binding, ...]
 
 
-Op = LeaseOp | RenewOp | AckOp | RetryOp | ReleaseOp | ScheduleOp | DeadOp | DeclareOp
+Op = LeaseOp | RenewOp | AckOp | RetryOp | ReleaseOp | ScheduleOp | DeadOp | DeclareOp | DeleteQueueOp
+# ops that store or drop messages or bindings: their batch commits with an fsync
+_DURABLE_OPS = (ScheduleOp, DeclareOp, DeadOp, DeleteQueueOp)
 Row = tuple[int, bytes, bytes, int, int | None]  # seq, headers, body, attempts, lease_id
 
 
@@ -177,7 +188,7 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-def _prefix_range(prefix: str) -> tuple[str, str]:
+def prefix_range(prefix: str) -> tuple[str, str]:
     """Bounds selecting every queue name that starts with `prefix` (which ends with a '.')."""
     return prefix, prefix[:-1] + chr(ord(".") + 1)
 
@@ -255,10 +266,10 @@ class SQLiteWriter:
         rows = [(exchange, b.queue, p) for b in bindings for p in dict.fromkeys(b.patterns)]
         conn.executemany(f"INSERT OR IGNORE INTO {BINDINGS_TABLE} VALUES (?, ?, ?)", rows)
         bound = {b.queue for b in bindings}
-        low, high = _prefix_range(self.topology.subscription_queue(""))
+        low, high = prefix_range(self.topology.subscription_queue(""))
         return {
             queue: count
-            for queue, count in conn.execute(_COUNT_RANGE, (low, high))
+            for queue, count in conn.execute(COUNT_RANGE, (low, high))
             if queue not in bound and count
         }
 
@@ -303,7 +314,7 @@ class SQLiteWriter:
                 ops.append((i, item))  # type: ignore[arg-type]
         results: list[Any] = [None] * len(items)
         touched: set[str] = set()
-        durable = bool(events) or any(type(op) in (ScheduleOp, DeclareOp, DeadOp) for _, op in ops)
+        durable = bool(events) or any(type(op) in _DURABLE_OPS for _, op in ops)
         self._set_synchronous(conn, "FULL" if durable else "NORMAL")
         conn.execute("BEGIN IMMEDIATE")  # take the write lock up front: no deadlock on upgrade
         try:
@@ -373,6 +384,9 @@ class SQLiteWriter:
                 results[i] = cursor.rowcount == 1
             elif type(op) is DeclareOp:
                 results[i] = self._declare(conn, op.bindings)
+            elif type(op) is DeleteQueueOp:
+                results[i] = conn.execute(_DROP_QUEUE, (op.queue,)).rowcount
+                conn.execute(_UNBIND_QUEUE, (self.topology.exchange, op.queue))
         if acks:
             conn.executemany(_ACK, acks)
         for i, lease in leases:
@@ -385,23 +399,3 @@ class SQLiteWriter:
             if len(rows) < lease.limit:  # drained: tell the consumer when to look again
                 next_due = conn.execute(_NEXT_DUE, (lease.queue, now)).fetchone()[0]
             results[i] = (rows, token, next_due)
-
-    def count(self, bound: Sequence[str]) -> dict[str, int]:
-        """Depths of the unrouted and dead queues, of `bound`, and of any other queue of the
-        namespace that holds messages (a removed subscription's)."""
-        conn = self.connect()
-        try:
-            queues = [self.topology.unrouted_queue, self.topology.dead_queue, *bound]
-            queues += [
-                row[0]
-                for row in conn.execute(
-                    f"SELECT DISTINCT queue FROM {BINDINGS_TABLE} WHERE exchange = ?",
-                    (self.topology.exchange,),
-                )
-            ]
-            depths = dict.fromkeys(queues, 0)
-            low, high = _prefix_range(self.topology.namespace + ".")
-            depths.update(conn.execute(_COUNT_RANGE, (low, high)).fetchall())
-            return depths
-        finally:
-            conn.close()
