@@ -7,7 +7,7 @@ CONFIG ?= $(or $(HOOKHUB_CONFIG),hookhub.example.yaml)
 ARGS   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench image clean
 
 install: $(STAMP)
 
@@ -34,6 +34,20 @@ bench: install
 	$(BIN)/python -m bench.fanout
 	$(BIN)/python -m bench.resend
 	$(BIN)/python -m bench.archive
+
+# `make image` builds the one image every function runs from (Dockerfile) with the first engine
+# that answers; where none does (`docker info` fails) it prints what to run elsewhere and fails.
+IMAGE  ?= ghcr.io/hookhub/hookhub:latest
+ENGINE ?= $(shell for e in docker podman; do $$e info >/dev/null 2>&1 && { echo $$e; break; }; done)
+
+image:
+	@if [ -z '$(ENGINE)' ]; then \
+	  echo "make image: no container engine answers here (docker info / podman info failed)."; \
+	  echo "On a machine with Docker or Podman, from the repository root, run:"; \
+	  echo "  docker build -t $(IMAGE) . && docker push $(IMAGE)"; \
+	  exit 1; \
+	fi
+	$(ENGINE) build -t '$(IMAGE)' .
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,9 +1,9 @@
-"""`hookhub render knative`: the fan-out manifests rendered from hookhub.yaml, checked offline.
+"""`hookhub render knative`: every workload rendered from hookhub.yaml, checked offline.
 
-Every rendered document passes its CRD's strict schema (tests/knative_schema.py); what only the
-admission webhooks or the controllers enforce (ISO-8601 delays, parallelism 1..1000, DNS-1123 names,
-a queue and a cluster reference) is checked by hand; the committed knative/fanout/ must equal a fresh
-render of the ConfigMap's hookhub.yaml, so the two never drift.
+Every rendered document passes its strict schema and the admission checks (tests/knative_schema.py:
+ISO-8601 delays, parallelism 1..1000, DNS-1123 names, delivery field names, autoscaling annotations);
+the committed knative/base/generated/ must equal a fresh render of knative/base/hookhub.yaml, so the
+two never drift.
 """
 
 from __future__ import annotations
@@ -20,32 +20,15 @@ from typer.testing import CliRunner
 from hookhub import knative
 from hookhub.cli import app
 from hookhub.config import HubConfig, parse_config
-from tests.knative_schema import require_crds, validation_errors
+from tests.knative_schema import iso_seconds, require_crds, strict_errors, validation_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 KNATIVE_DIR = ROOT / "knative"
-FANOUT_DIR = KNATIVE_DIR / "fanout"
+GENERATED_DIR = KNATIVE_DIR / "base" / "generated"
+HUB_YAML = KNATIVE_DIR / "base" / "hookhub.yaml"
 BROKER = "amqp://hookhub:pw@rabbitmq.rabbitmq.svc.cluster.local:5672/hookhub"
 
-# ISO-8601 durations as Knative parses them (github.com/rickb777/date/period): PnYnMnWnDTnHnMnS,
-# any part optional but at least one, a decimal fraction allowed; written here independently of
-# the renderer so a formatting bug cannot pass its own check.
-_ISO_DURATION = re.compile(
-    r"^P(?=\d|T\d)(?:(\d+(?:[.,]\d+)?)Y)?(?:(\d+(?:[.,]\d+)?)M)?(?:(\d+(?:[.,]\d+)?)W)?(?:(\d+(?:[.,]\d+)?)D)?"
-    r"(?:T(?=\d)(?:(\d+(?:[.,]\d+)?)H)?(?:(\d+(?:[.,]\d+)?)M)?(?:(\d+(?:[.,]\d+)?)S)?)?$"
-)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-
-
-def iso_seconds(value: str) -> float:
-    """Seconds in an ISO-8601 duration of days, hours, minutes and seconds; AssertionError otherwise."""
-    match = _ISO_DURATION.match(value)
-    assert match, f"{value!r} is not an ISO-8601 duration"
-    years, months, weeks, days, hours, minutes, seconds = (
-        float((g or "0").replace(",", ".")) for g in match.groups()
-    )
-    assert not (years or months), f"{value!r}: years and months have no fixed length"
-    return (((weeks * 7 + days) * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 def hub(subscriptions: dict[str, Any], **settings: Any) -> HubConfig:
@@ -77,8 +60,18 @@ def sources(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def fanout(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    (service,) = [d for d in docs if d["kind"] == "Service"]
+    (service,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "fanout"]
     return service
+
+
+def service(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == name]
+    return found
+
+
+def env_of(workload: dict[str, Any]) -> dict[str, str]:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"]}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +80,7 @@ def crd_dir() -> Path:
 
 
 def example_environ() -> dict[str, str]:
-    """The example Secret's values: what the ConfigMap's ${VAR}s resolve to in a test."""
+    """The example Secret's values: what hookhub.yaml's ${VAR}s resolve to in a test."""
     (secret,) = [d for d in yaml.safe_load_all((KNATIVE_DIR / "secret.example.yaml").read_text()) if d]
     return dict(secret["stringData"])
 
@@ -96,14 +89,16 @@ def example_environ() -> dict[str, str]:
 
 
 def test_every_document_validates_strictly(crd_dir: Path) -> None:
-    """Service and RabbitmqSources pass their CRDs with unknown fields rejected."""
+    """Services, RabbitmqSources and the Deployment pass their schemas with unknown fields
+    rejected, and the admission checks."""
     docs = knative.render(MIXED)
     assert {(d["apiVersion"], d["kind"]) for d in docs} == {
         ("serving.knative.dev/v1", "Service"),
         ("sources.knative.dev/v1alpha1", "RabbitmqSource"),
+        ("apps/v1", "Deployment"),
     }
     for doc in docs:
-        assert validation_errors(doc, crd_dir) == []
+        assert strict_errors(doc, crd_dir) == []
 
 
 @pytest.mark.parametrize(
@@ -271,7 +266,7 @@ def test_source_names_are_dns_labels(subscription: str, expected: str | re.Patte
 
 def test_names_that_convert_alike_stay_distinct() -> None:
     config = hub({"crm-a": push(), "crm_a": push(), "CRM-A": push()})
-    names = [d["metadata"]["name"] for d in knative.render(config)[1:]]
+    names = [d["metadata"]["name"] for d in knative.render(config) if d["kind"] == "RabbitmqSource"]
     assert len(set(names)) == 3 and "sub-crm-a" in names
 
 
@@ -343,7 +338,10 @@ def test_write_replaces_its_own_files_only(tmp_path: Path) -> None:
     knative.write(MIXED, tmp_path)
     before = {p.name for p in tmp_path.iterdir()}
     knative.write(hub({"crm": push()}), tmp_path)  # subscriptions removed: their files go
-    assert {p.name for p in tmp_path.iterdir()} == {"fanout.yaml", "sub-crm.yaml", "kustomization.yaml"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        *("events.yaml", "admin.yaml", "pull.yaml", "fanout.yaml", "archiver.yaml"),
+        *("sub-crm.yaml", "kustomization.yaml"),
+    }
     assert before > {p.name for p in tmp_path.iterdir()}
     (tmp_path / "notes.yaml").write_text("mine: true\n")
     knative.write(hub({"crm": push()}), tmp_path)
@@ -356,19 +354,19 @@ def test_write_replaces_its_own_files_only(tmp_path: Path) -> None:
 # The committed example -------------------------------------------------------------------------
 
 
-def test_committed_fanout_equals_a_fresh_render() -> None:
-    """knative/fanout/ is what `hookhub render knative` makes of the ConfigMap today: re-render it
-    after changing subscriptions (knative/README.md)."""
-    config = knative.load_hub_config(KNATIVE_DIR / "configmap.yaml", environ=example_environ())
+def test_committed_generated_equals_a_fresh_render() -> None:
+    """knative/base/generated/ is what `hookhub render knative` makes of knative/base/hookhub.yaml
+    today: re-render it after changing providers or subscriptions (knative/README.md)."""
+    config = knative.load_hub_config(HUB_YAML, environ=example_environ())
     expected = knative.render_files(config)
-    committed = {p.name: p.read_text(encoding="utf-8") for p in FANOUT_DIR.iterdir() if p.is_file()}
+    committed = {p.name: p.read_text(encoding="utf-8") for p in GENERATED_DIR.iterdir() if p.is_file()}
     assert sorted(committed) == sorted(expected), "re-run: hookhub render knative (knative/README.md)"
     for name, text in expected.items():
-        assert committed[name] == text, f"knative/fanout/{name} is stale: re-run hookhub render knative"
+        assert committed[name] == text, f"generated/{name} is stale: re-run hookhub render knative"
 
 
 def test_example_has_push_and_pull_subscriptions() -> None:
-    config = knative.load_hub_config(KNATIVE_DIR / "configmap.yaml", environ=example_environ())
+    config = knative.load_hub_config(HUB_YAML, environ=example_environ())
     modes = {s.mode for s in config.subscriptions.values()}
     assert modes == {"push", "pull"}
 
@@ -377,15 +375,14 @@ def test_example_has_push_and_pull_subscriptions() -> None:
 
 
 def test_cli_writes_the_files(tmp_path: Path) -> None:
-    out = tmp_path / "fanout"
+    out = tmp_path / "generated"
     result = CliRunner().invoke(
-        app,
-        ["render", "knative", "--config", str(KNATIVE_DIR / "configmap.yaml"), "--out", str(out)],
-        env=example_environ(),
+        app, ["render", "knative", "--config", str(HUB_YAML), "--out", str(out)], env=example_environ()
     )
     assert result.exit_code == 0, result.output
+    assert "7 Knative Services, 1 RabbitmqSource(s), 1 Deployment" in result.output
     assert {p.name: p.read_text() for p in out.iterdir()} == {
-        p.name: p.read_text() for p in FANOUT_DIR.iterdir()
+        p.name: p.read_text() for p in GENERATED_DIR.iterdir()
     }
 
 
@@ -443,12 +440,93 @@ def test_cli_refuses_a_broken_config(tmp_path: Path, content: dict[str, Any], ke
 
 
 def test_cli_names_the_key_inside_a_configmap(tmp_path: Path) -> None:
-    configmap = yaml.safe_load((KNATIVE_DIR / "configmap.yaml").read_text())
-    data = yaml.safe_load(configmap["data"]["hookhub.yaml"])
+    data = yaml.safe_load(HUB_YAML.read_text())
     data["subscriptions"]["crm"]["max_in_flight"] = "many"
-    configmap["data"]["hookhub.yaml"] = yaml.safe_dump(data)
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"hookhub.yaml": yaml.safe_dump(data)}}
     path = tmp_path / "configmap.yaml"
     path.write_text(yaml.safe_dump(configmap))
     result = CliRunner().invoke(app, ["render", "knative", "--config", str(path)], env=example_environ())
     assert result.exit_code == 2
     assert "data.hookhub.yaml: subscriptions.crm.max_in_flight" in result.output
+
+
+# The other workloads ------------------------------------------------------------------------------
+
+PROVIDERS = {
+    "github": {"kind": "github", "secrets": ["a-github-secret-of-some-length"]},
+    "Shop_EU": {"kind": "shopify", "secrets": ["a-shopify-secret-of-some-length"]},
+}
+
+
+def test_one_ingest_service_per_provider() -> None:
+    """`ingest-<provider>` (a DNS label even for names Kubernetes refuses) runs the webhook
+    function for exactly that provider, publicly reachable."""
+    config = parse_config({"broker": BROKER, "providers": PROVIDERS}, "test", environ={})
+    docs = knative.render(config)
+    ingest = {env_of(d)["HOOKHUB_PROVIDER"]: d for d in docs if d["metadata"]["name"].startswith("ingest-")}
+    assert sorted(ingest) == sorted(PROVIDERS)
+    assert ingest["github"]["metadata"]["name"] == "ingest-github"
+    assert re.fullmatch(r"ingest-shop-eu-[0-9a-f]{8}", ingest["Shop_EU"]["metadata"]["name"])
+    for doc in ingest.values():
+        assert env_of(doc)["FUNCTION_TARGET"] == "webhook"
+        assert "networking.knative.dev/visibility" not in doc["metadata"]["labels"], "providers reach it"
+
+
+def test_admin_service_manages_sources_like_render() -> None:
+    """The admin function runs as the ServiceAccount rbac.yaml binds, with runtime sources on and
+    the same RabbitmqCluster the rendered sources use."""
+    docs = knative.render(MIXED, rabbitmq_cluster="mq/main")
+    admin = service(docs, "admin")
+    assert admin["spec"]["template"]["spec"]["serviceAccountName"] == "hookhub-admin"
+    env = env_of(admin)
+    assert env["FUNCTION_TARGET"] == "admin"
+    assert (env["HOOKHUB_KNATIVE_SOURCES"], env["HOOKHUB_KNATIVE_RABBITMQ_CLUSTER"]) == ("true", "mq/main")
+    for doc in docs:
+        if doc["kind"] == "Service" and doc is not admin:
+            assert "serviceAccountName" not in doc["spec"]["template"]["spec"]
+
+
+def test_pull_and_events_services() -> None:
+    docs = knative.render(MIXED)
+    pull, events = service(docs, "pull"), service(docs, "events")
+    assert env_of(pull)["FUNCTION_TARGET"] == "pull"
+    assert "networking.knative.dev/visibility" not in pull["metadata"]["labels"], "consumers are outside"
+    # a pull may wait up to the pull API's limit; the request timeout leaves room after it
+    assert pull["spec"]["template"]["spec"]["timeoutSeconds"] > 30
+    assert env_of(events)["FUNCTION_TARGET"] == "events"
+    assert events["metadata"]["labels"]["networking.knative.dev/visibility"] == "cluster-local"
+
+
+def test_archiver_deployment() -> None:
+    docs = knative.render(MIXED, image="registry.test/hookhub:3", namespace="prod")
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["metadata"] == {
+        "name": "archiver",
+        "namespace": "prod",
+        "labels": {"app.kubernetes.io/name": "hookhub", "app.kubernetes.io/component": "archiver"},
+    }
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.test/hookhub:3"
+    assert container["command"][:2] == ["hookhub", "archiver"]
+    assert "FUNCTION_TARGET" not in env_of(deployment)
+
+
+def test_every_service_file_says_why_for_each_autoscaling_value() -> None:
+    files = knative.render_files(MIXED)
+    for name, text in files.items():
+        doc = yaml.safe_load(text)
+        if doc["kind"] != "Service":
+            continue
+        scale = doc["spec"]["template"]["metadata"]["annotations"]
+        for key, value in scale.items():
+            assert re.search(rf"^# why {re.escape(key)}={re.escape(value)}: .{{20,}}$", text, re.M), (
+                name,
+                key,
+            )
+
+
+def test_render_yaml_carries_the_reasons_too() -> None:
+    text = knative.render_yaml(MIXED)
+    assert text.count(f"{knative.WHY}autoscaling.knative.dev/min-scale=") == len(
+        [d for d in knative.render(MIXED) if d["kind"] == "Service"]
+    )

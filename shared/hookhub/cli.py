@@ -10,15 +10,20 @@ import errno
 import logging
 import socket
 import sys
+from collections import Counter
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+import yaml
 from rich.console import Console
 
 from hookhub import cli_ops, knative, logs
 from hookhub.config import HubConfig, config_path, load_config, redact_url
 from hookhub.errors import ConfigError
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 app = typer.Typer(
     help="hookhub: a webhook hub built as serverless functions for Knative.",
@@ -96,10 +101,7 @@ def run(
     log_format: Annotated[str, typer.Option(help="text (for people) or json (one object a line)")] = "text",
 ) -> None:
     """Serve ingest, producer API, health and metrics on one port, and deliver to subscribers."""
-    import uvicorn
-
     from hookhub.demo import demo_mismatches, demo_route
-    from hookhub.serving import uvicorn_options
     from hookhub.startup import log_startup
     from hookhub.web import create_app
 
@@ -121,6 +123,16 @@ def run(
         _fail("cannot start", redact_url(f"{type(exc).__name__}: {exc}"), 1)
     if hub_config.demo_receiver:
         web_app.router.routes.append(demo_route(hub_config))
+    _serve(web_app, sock, log_level)
+
+
+def _serve(web_app: Starlette, sock: socket.socket, log_level: str) -> None:
+    """Serve on `sock` until SIGTERM or SIGINT; uvicorn then runs the app's lifespan shutdown,
+    which is where the hub stops gracefully."""
+    import uvicorn
+
+    from hookhub.serving import uvicorn_options
+
     options = {
         "loop": "uvloop",
         "access_log": False,
@@ -129,6 +141,37 @@ def run(
         **uvicorn_options(),
     }
     uvicorn.Server(uvicorn.Config(web_app, **options)).run(sockets=[sock])
+
+
+@app.command()
+def archiver(
+    config: ConfigOption = None,
+    host: Annotated[
+        str, typer.Option(help="Address of the probes (/healthz, /readyz, /metrics)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the probes")] = 8080,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: Annotated[str, typer.Option(help="text (for people) or json (one object a line)")] = "text",
+) -> None:
+    """Only archive: consume every event into the archive, acking each once written (no ingest, no
+    delivery). The archiver's Deployment on Knative runs this; SIGTERM writes what it holds, then stops."""
+    from hookhub.archive.process import create_archiver_app
+    from hookhub.startup import log_startup
+
+    hub_config = _load(config)
+    try:
+        logs.configure(log_level.lower(), log_format.lower())
+        sock = listen(host, port)
+    except ValueError as exc:
+        _fail("cannot start", str(exc), 2)
+    log_startup(hub_config, config_path(config), log)
+    try:
+        web_app = create_archiver_app(hub_config)
+    except Exception as exc:  # opening broker, store or archive clients
+        log.debug("cannot start", exc_info=True)
+        _fail("cannot start", redact_url(f"{type(exc).__name__}: {exc}"), 1)
+    log.info("archiving to %s; probes on %s:%d", redact_url(hub_config.archive), host, port)
+    _serve(web_app, sock, log_level)
 
 
 @app.command("check-config")
@@ -158,17 +201,18 @@ def render_knative(
         typer.Option(
             "--config",
             "-c",
-            help="hookhub.yaml, or a ConfigMap manifest holding one (knative/configmap.yaml)",
+            help="hookhub.yaml (knative/base/hookhub.yaml), or a ConfigMap manifest holding one",
         ),
     ] = None,
     out: Annotated[str, typer.Option("--out", "-o", help="Directory to write, or - for stdout")] = "-",
-    image: Annotated[str, typer.Option(help="Image of the fanout Service")] = knative.DEFAULT_IMAGE,
+    image: Annotated[str, typer.Option(help="Image of every workload")] = knative.DEFAULT_IMAGE,
     namespace: Annotated[str, typer.Option(help="Kubernetes namespace")] = knative.DEFAULT_NAMESPACE,
     rabbitmq_cluster: Annotated[
         str, typer.Option(help="RabbitmqCluster the sources consume from: [NAMESPACE/]NAME")
     ] = knative.DEFAULT_RABBITMQ_CLUSTER,
 ) -> None:
-    """The fanout Service and one RabbitmqSource per push subscription (see knative/README.md)."""
+    """A Knative Service per function (ingest per provider, events, admin, pull, fanout), a
+    RabbitmqSource per push subscription and the archiver's Deployment (see knative/README.md)."""
     options = {"image": image, "namespace": namespace, "rabbitmq_cluster": rabbitmq_cluster}
     try:
         hub_config = knative.load_hub_config(config)
@@ -183,9 +227,11 @@ def render_knative(
     except FileExistsError as exc:
         _fail("not written", str(exc), 1)
     pull = sorted(n for n, s in hub_config.subscriptions.items() if s.mode == "pull")
+    kinds = Counter(yaml.safe_load(p.read_text(encoding="utf-8"))["kind"] for p in written)
     err.print(
-        f"wrote {len(written)} files to {out}: the fanout Service, {len(written) - 2} RabbitmqSource(s)"
-        + (f"; pull subscriptions need none ({', '.join(pull)})" if pull else ""),
+        f"wrote {len(written)} files to {out}: {kinds['Service']} Knative Services, "
+        f"{kinds['RabbitmqSource']} RabbitmqSource(s), {kinds['Deployment']} Deployment"
+        + (f"; pull subscriptions need no source ({', '.join(pull)})" if pull else ""),
         highlight=False,
         soft_wrap=True,
     )

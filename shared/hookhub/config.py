@@ -145,6 +145,21 @@ else:
     ProviderSpec = _provider_union()
 
 
+class KnativeConfig(BaseModel):
+    """The hub on Knative: whether the admin function keeps a RabbitmqSource per runtime push
+    subscription through the Kubernetes API (`hookhub.knative_sources`). `namespace` and
+    `rabbitmq_cluster` mean what `hookhub render knative`'s options of the same names do."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: bool = False
+    namespace: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # None: the pod's
+    rabbitmq_cluster: str | None = None  # [NAMESPACE/]NAME; None: render's default
+    # None: in-cluster (KUBERNETES_SERVICE_HOST/PORT, ServiceAccount token); else e.g. `kubectl proxy`
+    api_url: AnyHttpUrl | None = None
+    api_timeout: Duration = Field(10.0, gt=0)
+
+
 class HubConfig(BaseModel):
     """The whole configuration file."""
 
@@ -163,6 +178,7 @@ class HubConfig(BaseModel):
     subscriptions: dict[str, SubscriptionConfig] = Field(default_factory=dict)
     # `hookhub run` also serves POST /demo/receiver, which logs each delivery it gets (first steps)
     demo_receiver: bool = False
+    knative: KnativeConfig = Field(default_factory=lambda: KnativeConfig())
 
     _development_secrets: list[str] = PrivateAttr(default_factory=list)
 
@@ -212,6 +228,14 @@ class HubConfig(BaseModel):
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
                 raise ValueError(f"name {name!r} must be letters, digits, '-' or '_'")
         return value
+
+    @model_validator(mode="after")
+    def _sources_need_rabbitmq(self) -> HubConfig:
+        if self.knative.sources and not self.broker.startswith("amqp"):
+            raise ValueError(
+                "knative.sources: RabbitmqSources consume RabbitMQ queues; the broker must be amqp:// or amqps://"
+            )
+        return self
 
     def provider(self, name: str) -> ProviderSettings | None:
         return self.providers.get(name)
@@ -305,17 +329,28 @@ class _Substitution:
 
 
 def apply_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    """`HOOKHUB_<KEY>` replaces the top-level scalar setting `<key>` (e.g. HOOKHUB_BROKER)."""
+    """`HOOKHUB_<KEY>` replaces the top-level scalar setting `<key>` (e.g. HOOKHUB_BROKER), and
+    `HOOKHUB_KNATIVE_<KEY>` the setting `knative.<key>` (so one Knative Service can turn it on)."""
     for key in _overridable_keys():
         env_name = f"HOOKHUB_{key.upper()}"
         if env_name in environ:
             data[key] = environ[env_name]
+    knative = {
+        key: environ[f"HOOKHUB_KNATIVE_{key.upper()}"]
+        for key in KnativeConfig.model_fields
+        if f"HOOKHUB_KNATIVE_{key.upper()}" in environ
+    }
+    if knative:
+        section = data.get("knative")
+        data["knative"] = {**section, **knative} if isinstance(section, dict) else knative
     return data
 
 
 def _overridable_keys() -> list[str]:
     return [
-        name for name in HubConfig.model_fields if name not in ("providers", "producers", "subscriptions")
+        name
+        for name in HubConfig.model_fields
+        if name not in ("providers", "producers", "subscriptions", "knative")
     ]
 
 

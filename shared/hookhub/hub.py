@@ -27,6 +27,7 @@ from hookhub.fanout.dispatcher import Dispatcher
 from hookhub.fanout.sender import Sender
 from hookhub.fanout.trigger import Trigger
 from hookhub.ingest import Ingestor
+from hookhub.knative_sources import SourceSync
 from hookhub.metrics import Metrics
 from hookhub.observations import Observer
 from hookhub.providers import Provider, provider_class
@@ -75,6 +76,10 @@ class Hub:
         self.registry.on_change = self.apply_topology
         self.registry.on_delete = self._deleted
         self.registry.on_state = self._state_changed
+        # on Knative, the admin function keeps each runtime push subscription's RabbitmqSource
+        self.sources = SourceSync(config, self.registry) if config.knative.sources else None
+        if self.sources is not None:
+            self.registry.follow = self.sources.follow
         self.trigger = Trigger(
             self.registry,
             self.broker,
@@ -155,6 +160,8 @@ class Hub:
             await self.registry.try_refresh()
         await self.broker.start(self.bindings())
         self.observer.start()
+        if self.sources is not None:
+            self.sources.start()
         if dispatch:
             self.dispatcher = Dispatcher(
                 self.registry,
@@ -165,6 +172,15 @@ class Hub:
                 self.metrics,
             )
             await self.dispatcher.start()
+            await self.start_archiver()
+            self.replays.start()
+        # the shape and the subscriptions are in the start-up summary (`startup.log_startup`)
+        log.info("hub started%s", ", delivering in this process" if dispatch else "")
+
+    async def start_archiver(self) -> None:
+        """Consume the archive queue into the archive from this process (`hookhub run`, and
+        `hookhub archiver`, which starts the hub without `dispatch` and then only this)."""
+        if self.archiver is None:
             self.archiver = Archiver(
                 self.broker,
                 self.archive,
@@ -173,10 +189,7 @@ class Hub:
                 clock=self.clock,
                 metrics=self.metrics,
             )
-            await self.archiver.start()
-            self.replays.start()
-        # the shape and the subscriptions are in the start-up summary (`startup.log_startup`)
-        log.info("hub started%s", ", delivering in this process" if dispatch else "")
+        await self.archiver.start()
 
     async def ensure_store(self) -> bool:
         """Create the store's schema once it is reachable; false while it is not."""
@@ -213,6 +226,8 @@ class Hub:
             await self.archiver.stop()
         await self.ingestor.drain()
         await self.observer.stop()
+        if self.sources is not None:
+            await self.sources.close()
         await self.sender.close()
         await self.broker.close()
         await self.archive.close()

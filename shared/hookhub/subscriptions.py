@@ -14,7 +14,7 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -26,6 +26,7 @@ from hookhub.store.base import StoreUnavailable, SubscriptionCatalog, Subscripti
 from hookhub.store.records import StoredSubscription, SubscriptionState
 
 log = logging.getLogger(__name__)
+Follow = Callable[[str, SubscriptionConfig | None, SubscriptionConfig | None], Awaitable[None]]
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 IMMUTABLE = ("mode",)  # a push subscription cannot become a pull one: delete and create instead
@@ -99,6 +100,14 @@ def validated(doc: dict[str, Any]) -> SubscriptionConfig:
         raise ValueError("; ".join(problems)) from None
 
 
+def valid_or_none(doc: dict[str, Any]) -> SubscriptionConfig | None:
+    """A stored config, or None for one that no longer validates (`refresh` skips those)."""
+    try:
+        return validated(doc)
+    except ValueError:
+        return None
+
+
 class Registry:
     """File subscriptions plus the store's, refreshed on demand; changes go through here."""
 
@@ -120,6 +129,10 @@ class Registry:
         self.on_change: Callable[[], Awaitable[None]] | None = None
         self.on_delete: Callable[[str], Awaitable[None]] | None = None
         self.on_state: Callable[[str], Awaitable[None]] | None = None  # after a pause or resume
+        # what must follow a change before it is answered (a runtime subscription's RabbitmqSource
+        # on Knative), given the config before and after (None: absent); when it raises, the
+        # change is undone (a deletion is not started) and the error is the answer
+        self.follow: Follow | None = None
 
     def current(self) -> dict[str, Subscription]:
         return self._current
@@ -179,6 +192,11 @@ class Registry:
         if not await self.catalog.create(row):
             raise SubscriptionExists(name)
         await self._changed()
+        try:
+            await self._follow(name, None, config)
+        except Exception:
+            await self._undo(name, "creation", lambda: self._uncreate(name))
+            raise
         secret = config.secret.get_secret_value() if config.secret else None
         return self.get(name), secret
 
@@ -191,15 +209,22 @@ class Registry:
         if isinstance(changes.get("backoff"), dict):
             doc["backoff"] = {**row.config.get("backoff", {}), **changes["backoff"]}
         config = validated(doc)
+        before, old = replace(row), valid_or_none(row.config)
         row.config = config_document(config)
         row.updated_at = self.clock.now()
         if not await self.catalog.update(row):
             raise UnknownSubscription(name)
         await self._changed()
+        try:
+            await self._follow(name, old, config)
+        except Exception:
+            await self._undo(name, "change", lambda: self._restore(before))
+            raise
         return self.get(name)
 
     async def delete(self, name: str) -> None:
-        await self._stored(name)
+        row = await self._stored(name)
+        await self._follow(name, valid_or_none(row.config), None)  # first: if it fails, nothing changed
         if not await self.catalog.delete(name):
             raise UnknownSubscription(name)
         await self.states.forget(name)
@@ -209,7 +234,7 @@ class Registry:
 
     async def rotate_secret(self, name: str, secret: str | None, overlap: float) -> tuple[Subscription, str]:
         """A new signing secret; the old one keeps signing (both signatures sent) for `overlap`."""
-        row = await self._stored(name)
+        row = await self._stored(name)  # no `follow`: a secret is in no external resource
         if row.config.get("mode", "push") != "push":
             raise ValueError("only push subscriptions sign their deliveries")
         new = secret or generate_secret()
@@ -258,3 +283,30 @@ class Registry:
         await self.refresh()
         if self.on_change is not None:
             await self.on_change()
+
+    async def _follow(
+        self, name: str, before: SubscriptionConfig | None, after: SubscriptionConfig | None
+    ) -> None:
+        if self.follow is not None:
+            await self.follow(name, before, after)
+
+    async def _undo(self, name: str, what: str, undo: Callable[[], Awaitable[None]]) -> None:
+        """Put things back as they were; a failure here is logged (the answer is the error that
+        caused the undo) and repaired by the next reconciliation (`SourceSync.reconcile`)."""
+        try:
+            await undo()
+        except Exception as exc:
+            log.error("subscription %s: its %s could not be undone: %s", name, what, exc)
+        else:
+            log.info("subscription %s: %s undone (what must follow it failed)", name, what)
+
+    async def _uncreate(self, name: str) -> None:
+        await self.catalog.delete(name)
+        await self.states.forget(name)
+        await self._changed()
+        if self.on_delete is not None:
+            await self.on_delete(name)  # its queue, with anything routed to it meanwhile
+
+    async def _restore(self, row: StoredSubscription) -> None:
+        await self.catalog.update(row)
+        await self._changed()

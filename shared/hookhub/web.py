@@ -325,6 +325,18 @@ async def handle_metrics(hub: Hub, request: Request) -> Response:
     return Response(hub.metrics.render(), 200, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+def probe_routes(hub: Hub) -> list[Route]:
+    """/healthz, /readyz and /metrics of a process serving `hub` (the hub app, the archiver)."""
+
+    def route(path: str, handler: Any) -> Route:
+        async def endpoint(request: Request) -> Response:
+            return await handler(hub, request)
+
+        return Route(path, endpoint, methods=["GET"])
+
+    return [route(path, handler) for path, handler in _PROBES.items()]
+
+
 def create_app(config: HubConfig, *, dispatch: bool = True) -> Starlette:
     """Every function on one port, plus (with `dispatch`) the fan-out dispatcher, with the hub
     started and stopped by the ASGI lifespan."""
@@ -344,15 +356,6 @@ def create_app(config: HubConfig, *, dispatch: bool = True) -> Starlette:
     async def events(request: Request) -> Response:
         return await handle_events(hub, request)
 
-    async def healthz(request: Request) -> Response:
-        return await handle_healthz(hub, request)
-
-    async def readyz(request: Request) -> Response:
-        return await handle_readyz(hub, request)
-
-    async def metrics(request: Request) -> Response:
-        return await handle_metrics(hub, request)
-
     async def started_hub() -> Hub:
         return hub
 
@@ -360,9 +363,7 @@ def create_app(config: HubConfig, *, dispatch: bool = True) -> Starlette:
         routes=[
             Route("/webhooks/{provider}", webhook, methods=["POST"]),
             Route("/events", events, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
+            *probe_routes(hub),
             *pull_routes(lambda: hub),
             admin_route(create_admin_app(started_hub)),
         ],

@@ -44,7 +44,8 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {**_ERROR, "description": "not found"},
     409: {**_ERROR, "description": "conflict"},
     422: {**_ERROR, "description": "invalid fields; the message names them"},
-    503: {**_ERROR, "description": "the store or broker is unreachable: retry later"},
+    502: {**_ERROR, "description": "on Knative: the Kubernetes API refused a subscription's RabbitmqSource"},
+    503: {**_ERROR, "description": "the store, broker or Kubernetes API is unreachable: retry later"},
 }
 
 
