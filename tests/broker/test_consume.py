@@ -99,6 +99,24 @@ async def test_publish_consume_ack_removes_the_message(harness: Harness):
     await inbox.nothing_within(0.3)
 
 
+async def test_ack_many_removes_every_message_of_the_batch_and_only_those(harness: Harness):
+    broker, [queue] = await started(harness, "crm")
+    inbox = Inbox()
+    await broker.consume(queue, inbox, prefetch=10, lease=30)
+    await broker.publish([make_event(n, "com.crm.x") for n in range(6)])
+    leases = [await inbox.get() for _ in range(6)]
+
+    await broker.ack(leases[0])
+    await broker.ack_many(leases[:4])  # one settled already: a no-op for it
+    await broker.release(leases[4])  # comes back: not part of the batch
+    back = await inbox.get()
+    assert back.event == leases[4].event
+    await broker.ack_many([back, leases[5]])
+    await depth_is(broker, queue, 0)
+    await broker.ack_many(leases)  # all settled: nothing happens
+    await inbox.nothing_within(0.3)
+
+
 async def test_retry_comes_back_after_the_delay_with_the_next_attempt(harness: Harness):
     broker, [queue] = await started(harness, "crm")
     inbox = Inbox()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 
 from hookhub.archive.base import Archive
 from hookhub.broker.base import Broker, Consumer, Lease
@@ -137,20 +136,23 @@ class Archiver:
                 self.queue,
                 exc,
             )
-            await self._settle(batch, self.broker.release)
+            await self._release(batch)
             return False
         self.failures = 0
         if self.metrics is not None:
             self.metrics.archived.inc(len(batch))
-        await self._settle(batch, self.broker.ack)
+        try:
+            await self.broker.ack_many(batch)
+        except Exception as exc:  # unsettled leases come back later: at worst archived twice
+            log.warning("could not ack %d archived events of %s: %r", len(batch), self.queue, exc)
         return True
 
-    async def _settle(self, batch: list[Lease], settle: Callable[[Lease], Awaitable[None]]) -> None:
-        """Settle every lease of `batch` together (the embedded broker commits them as one)."""
-        results = await asyncio.gather(*(settle(lease) for lease in batch), return_exceptions=True)
+    async def _release(self, batch: list[Lease]) -> None:
+        """Give a batch that could not be written back to the queue, at once."""
+        results = await asyncio.gather(*map(self.broker.release, batch), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:  # unsettled leases come back later: at worst an event is archived twice
-            log.warning("could not settle %d archived leases of %s: %r", len(failed), self.queue, failed[0])
+        if failed:  # unsettled leases come back after the lease anyway
+            log.warning("could not release %d leases of %s: %r", len(failed), self.queue, failed[0])
 
     async def _expire_loop(self) -> None:
         while True:

@@ -349,6 +349,13 @@ class Broker(ABC):
         Raises `BrokerUnavailable` if the broker could not take it; the lease then stays
         unsettled (and comes back after a crash or lease expiry, as at-least-once allows)."""
 
+    async def ack_many(self, leases: Sequence[Lease]) -> None:
+        """`ack` each of `leases`, at the cost of one write where the broker can batch them (the
+        archiver settles hundreds at a time). Raises as `ack`; on the embedded broker nothing
+        of the batch is then settled."""
+        for lease in leases:
+            await self.ack(lease)
+
     @abstractmethod
     async def retry(self, lease: Lease, delay: float) -> None:
         """Hand the event out again after `delay` seconds with `attempt + 1`.
