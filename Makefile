@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python -m bench.fanout
 	$(BIN)/python -m bench.resend
 	$(BIN)/python -m bench.archive
+	$(BIN)/python -m bench.archive --broker '$(or $(HOOKHUB_BENCH_RABBITMQ),amqp://guest:guest@127.0.0.1:5672/%2F)'
 
 # `make image` builds the one image every function runs from (Dockerfile) with the first engine
 # that answers; where none does (`docker info` fails) it prints what to run elsewhere and fails.
