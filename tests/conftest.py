@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+
+from hookhub.store import SqlStore
 
 RABBITMQ_URL = os.environ.get("HOOKHUB_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/%2F")
 POSTGRES_URL = os.environ.get("HOOKHUB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -69,3 +71,12 @@ def _no_files_in_the_checkout() -> Iterator[None]:
     existed = var.exists()
     yield
     assert existed or not var.exists(), f"a test wrote {var}: give its hub paths under tmp_path"
+
+
+@pytest.fixture
+async def store(tmp_sqlite_url: str) -> AsyncIterator[SqlStore]:
+    """A started SQLite store in tmp_path (tests/store/ runs its own over PostgreSQL too)."""
+    store = SqlStore(tmp_sqlite_url)
+    await store.start()
+    yield store
+    await store.close()

@@ -26,14 +26,6 @@ Memory = tuple[MemoryBroker, MemoryServer]
 
 
 @pytest.fixture
-async def store(tmp_sqlite_url: str) -> AsyncIterator[SqlStore]:
-    store = SqlStore(tmp_sqlite_url)
-    await store.start()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
 async def memory(namespace: str) -> AsyncIterator[Memory]:
     server = MemoryServer()
     broker = MemoryBroker(Topology(namespace), server=server)

@@ -25,14 +25,6 @@ def make_event(event_id: str = "evt-1") -> Event:
 
 
 @pytest.fixture
-async def store(tmp_sqlite_url: str) -> AsyncIterator[SqlStore]:
-    store = SqlStore(tmp_sqlite_url)
-    await store.start()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
 async def rabbit(rabbitmq_url: str, namespace: str) -> AsyncIterator[Harness]:
     harness = Harness("rabbitmq", rabbitmq_url, Topology(namespace), UNREACHABLE_AMQP)
     try:

@@ -31,7 +31,6 @@ from hookhub.clock import SYSTEM_CLOCK, Clock
 from hookhub.config import SubscriptionConfig
 from hookhub.errors import InvalidEvent
 from hookhub.events import Event
-from hookhub.fanout.attempts import _dead_letter
 from hookhub.fanout.sender import delivery_id
 from hookhub.metrics import Metrics
 from hookhub.store.base import AttemptLog, PullReceipts
@@ -177,7 +176,7 @@ class Puller:
                     continue
                 timed_out = _timeout_record(name, event, shadowed, config, now)
                 if timed_out.verdict == DEAD:
-                    records.append((timed_out, _dead_letter(timed_out, event, now)))
+                    records.append((timed_out, DeadLetter.after(timed_out, event, now)))
                     settled.append(lease)
                     log.warning(
                         "dead letter: event %s to pull subscription %s, not acknowledged after %d attempts",
@@ -268,13 +267,10 @@ def untagged(event: Event) -> Event:
 def _pulled_record(
     name: str, event: Event, receipt: PullReceipt, config: SubscriptionConfig
 ) -> AttemptRecord:
-    return AttemptRecord(
-        delivery_id=receipt.delivery_id,
-        subscription=name,
-        source=event.source,
-        event_id=event.id,
-        event_type=event.type,
-        correlation_id=event.correlationid,
+    return AttemptRecord.of(
+        name,
+        receipt.delivery_id,
+        event,
         attempt=receipt.attempt,
         attempted_at=receipt.issued_at,
         status_code=None,
@@ -290,13 +286,10 @@ def _timeout_record(
 ) -> AttemptRecord:
     """The outcome of a hand-out that was not acknowledged in time."""
     dead = shadowed.attempt >= config.max_attempts
-    return AttemptRecord(
-        delivery_id=shadowed.delivery_id,
-        subscription=name,
-        source=event.source,
-        event_id=event.id,
-        event_type=event.type,
-        correlation_id=event.correlationid,
+    return AttemptRecord.of(
+        name,
+        shadowed.delivery_id,
+        event,
         attempt=shadowed.attempt,
         attempted_at=shadowed.issued_at,
         status_code=None,

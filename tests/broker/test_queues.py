@@ -10,8 +10,7 @@ applied again; other queues are untouched.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from urllib.parse import urlparse
 
 import pytest
@@ -19,16 +18,7 @@ import pytest
 from hookhub.broker import Binding, Broker, QueueInfo, Topology
 
 from ._support import UNREACHABLE_AMQP, Harness, TCPProxy
-from .test_consume import Inbox, make_event
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    """RabbitMQ's counters may trail a publish or an ack by a moment."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)
+from .test_consume import Inbox, make_event, wait_until
 
 
 async def described(broker: Broker, queues: list[str], expected: list[QueueInfo]) -> None:
@@ -39,7 +29,7 @@ async def described(broker: Broker, queues: list[str], expected: list[QueueInfo]
         return last[0] == expected
 
     try:
-        await eventually(check)
+        await wait_until(check)
     except AssertionError:
         assert last[0] == expected  # shows the difference
 
@@ -207,8 +197,8 @@ async def test_rabbitmq_a_reconnect_or_a_restart_does_not_declare_a_deleted_queu
         assert await broker.delete_queue(crm) == 0
 
         proxy.drop()  # both connections: the publisher re-applies its bindings, the consumer re-attaches
-        await eventually(lambda: _down(broker), timeout=5)
-        await eventually(broker.ready, timeout=10)
+        await wait_until(lambda: _down(broker), timeout=5)
+        await wait_until(broker.ready, timeout=10)
         await asyncio.sleep(0.5)  # the consumer's re-subscribe delay
         assert [i.name for i in await broker.describe([crm, erp])] == [erp]
 

@@ -19,15 +19,9 @@ from hookhub.config import parse_config
 from hookhub.web import create_app
 from tests.http.conftest import PRODUCER_TOKEN, LiveServer, serve_in_thread
 from tests.ops._live import ADMIN_TOKEN, FAST_RETRY, hub_config, push
-from tests.support.subscriber import Subscriber, running_subscriber
+from tests.support.subscriber import Subscriber
 
 WAIT = 20.0
-
-
-@pytest.fixture
-def subscriber() -> Iterator[Subscriber]:
-    with running_subscriber() as sub:
-        yield sub
 
 
 @pytest.fixture

@@ -8,11 +8,8 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from functools import partial
 from typing import Any
-
-import pytest
 
 from tests.http.conftest import HubClient, delete_namespace, running_hub
 from tests.ops._live import (
@@ -25,13 +22,7 @@ from tests.ops._live import (
     push,
     until,
 )
-from tests.support.subscriber import Subscriber, running_subscriber
-
-
-@pytest.fixture
-def subscriber() -> Iterator[Subscriber]:
-    with running_subscriber() as sub:
-        yield sub
+from tests.support.subscriber import Subscriber
 
 
 def config(broker_url: str, tmp_path: Any, namespace: str, subscriber: Subscriber) -> dict[str, Any]:

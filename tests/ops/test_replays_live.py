@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from tests.http.conftest import HubClient, delete_namespace, running_hub
 from tests.ops._live import (
@@ -25,15 +22,9 @@ from tests.ops._live import (
     until,
     verified,
 )
-from tests.support.subscriber import Received, Subscriber, running_subscriber
+from tests.support.subscriber import Received, Subscriber
 
 ARCHIVED = 20.0  # the archiver flushes every second; RabbitMQ adds its own latency
-
-
-@pytest.fixture
-def subscriber() -> Iterator[Subscriber]:
-    with running_subscriber() as sub:
-        yield sub
 
 
 def replay_body(name: str, start: float, end: float, **more: Any) -> dict[str, Any]:

@@ -5,72 +5,24 @@ real subscribers on 127.0.0.1, and the same state after a restart."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from standardwebhooks.webhooks import Webhook
-
-from tests.http.conftest import PRODUCER_TOKEN, HubClient, base_config, delete_namespace, running_hub
-from tests.support.subscriber import Subscriber, running_subscriber
-
-ADMIN = {"Authorization": "Bearer admin-token"}
-FILE_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-WAIT = 15.0
-
-
-@pytest.fixture
-def subscriber() -> Iterator[Subscriber]:
-    with running_subscriber() as sub:
-        yield sub
+from tests.http.conftest import HubClient, delete_namespace, running_hub
+from tests.ops._live import ADMIN, WAIT, admin_get, admin_post, produce, push, verified
+from tests.ops._live import hub_config as live_config
+from tests.support.subscriber import Subscriber
 
 
 def hub_config(broker_url: str, tmp_path: Any, namespace: str, subscriber: Subscriber) -> dict[str, Any]:
-    config = base_config(broker_url, f"sqlite:///{tmp_path}/store.db", namespace)
-    config["admin_token"] = "admin-token"
-    config["subscriptions"] = {
-        "filed": {"url": subscriber.url("/filed"), "types": ["com.acme.#"], "secret": FILE_SECRET}
-    }
-    return config
-
-
-async def produce(hub: HubClient, n: int = 1, type_: str = "com.acme.invoice.paid") -> list[str]:
-    ids = [uuid.uuid4().hex for _ in range(n)]
-    batch = [
-        {"specversion": "1.0", "id": i, "source": "/billing", "type": type_, "data": {"n": k}}
-        for k, i in enumerate(ids)
-    ]
-    response = await hub.client.post(
-        "/events",
-        json=batch,
-        headers={
-            "Authorization": f"Bearer {PRODUCER_TOKEN}",
-            "Content-Type": "application/cloudevents-batch+json",
-        },
-    )
-    assert response.status_code == 202, response.text
-    return ids
+    return live_config(broker_url, tmp_path, namespace, filed=push(subscriber.url("/filed"), "com.acme.#"))
 
 
 async def create(hub: HubClient, name: str, **body: Any) -> dict[str, Any]:
-    response = await hub.client.post("/admin/subscriptions", json={"name": name, **body}, headers=ADMIN)
-    assert response.status_code == 201, response.text
-    return dict(response.json())
+    return await admin_post(hub, "/subscriptions", {"name": name, **body}, status=201)
 
 
 async def show(hub: HubClient, name: str) -> dict[str, Any]:
-    response = await hub.client.get(f"/admin/subscriptions/{name}", headers=ADMIN)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-def verified_by(secret: str, received: Any) -> bool:
-    try:
-        Webhook(secret).verify(received.body, received.header_dict())
-    except Exception:
-        return False
-    return True
+    return await admin_get(hub, f"/subscriptions/{name}")
 
 
 async def test_created_changed_and_deleted_at_run_time(
@@ -82,7 +34,7 @@ async def test_created_changed_and_deleted_at_run_time(
             assert made["origin"] == "api" and made["secret"].startswith("whsec_")
             (event_id,) = await produce(hub)
             (got,) = await subscriber.wait_for_async(1, WAIT, path="/crm")
-            assert got.ce_id == event_id and verified_by(made["secret"], got)
+            assert got.ce_id == event_id and verified(made["secret"], got)
 
             # a new url and narrower types take effect without a restart
             response = await hub.client.patch(
@@ -187,7 +139,7 @@ async def test_a_rotated_secret_signs_alongside_the_old_one_during_the_overlap(
             await produce(hub)
             (got,) = await subscriber.wait_for_async(1, WAIT, path="/crm")
             assert len(got.header_dict()["webhook-signature"].split(" ")) == 2
-            assert verified_by(old, got) and verified_by(new, got)  # either key verifies it
+            assert verified(old, got) and verified(new, got)  # either key verifies it
 
             # without overlap the old secret stops signing at once
             response = await hub.client.post(
@@ -196,6 +148,6 @@ async def test_a_rotated_secret_signs_alongside_the_old_one_during_the_overlap(
             newest = response.json()["secret"]
             await produce(hub)
             got = (await subscriber.wait_for_async(2, WAIT, path="/crm"))[-1]
-            assert verified_by(newest, got) and not verified_by(new, got) and not verified_by(old, got)
+            assert verified(newest, got) and not verified(new, got) and not verified(old, got)
         finally:
             await delete_namespace(broker_url, hub.hub)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -25,13 +24,7 @@ from tests.ops._live import (
     stripe_request,
     until,
 )
-from tests.support.subscriber import Subscriber, running_subscriber
-
-
-@pytest.fixture
-def subscriber() -> Iterator[Subscriber]:
-    with running_subscriber() as sub:
-        yield sub
+from tests.support.subscriber import Subscriber
 
 
 async def trace(hub: HubClient, event_id: str, attempts: int) -> dict[str, Any]:

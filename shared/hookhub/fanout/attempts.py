@@ -194,13 +194,10 @@ class Attempts:
         self, name: str, held: Held, did: str, started: float, result: AttemptResult, decision: Decision
     ) -> None:
         event = held.event
-        record = AttemptRecord(
-            delivery_id=did,
-            subscription=name,
-            source=event.source,
-            event_id=event.id,
-            event_type=event.type,
-            correlation_id=event.correlationid,
+        record = AttemptRecord.of(
+            name,
+            did,
+            event,
             attempt=held.attempt,
             attempted_at=started,
             status_code=result.status,
@@ -209,7 +206,7 @@ class Attempts:
             verdict=decision.verdict.value,
             next_attempt_at=started + decision.delay if decision.verdict is Verdict.RETRY else None,
         )
-        dead = _dead_letter(record, event, self.clock.now()) if decision.verdict is Verdict.DEAD else None
+        dead = DeadLetter.after(record, event, self.clock.now()) if decision.verdict is Verdict.DEAD else None
         await self.attempt_log.record(record, dead)
         if dead is not None:
             self.metrics.dead_letters.labels(name).inc()
@@ -221,24 +218,6 @@ class Attempts:
                 result.error or f"HTTP {result.status}",
                 extra=_context(name, event, attempts=held.attempt, status=result.status),
             )
-
-
-def _dead_letter(last: AttemptRecord, event: Event, now: float) -> DeadLetter:
-    """The replayable dead letter of a delivery whose last attempt was `last`."""
-    return DeadLetter(
-        delivery_id=last.delivery_id,
-        subscription=last.subscription,
-        source=last.source,
-        event_id=last.event_id,
-        event_type=last.event_type,
-        correlation_id=last.correlation_id,
-        attributes=event.attributes(),
-        data=event.data,
-        attempts=last.attempt,
-        last_status=last.status_code,
-        last_error=last.error,
-        dead_at=now,
-    )
 
 
 def _iso(at: float) -> str:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hookhub.events import Event
 
 EventKey = tuple[str, str]  # (source, id)
 
@@ -52,6 +55,38 @@ class AttemptRecord:
     verdict: str  # delivered | retry | dead | parked
     next_attempt_at: float | None = None  # unix seconds the retry is due; None unless a retry
 
+    @classmethod
+    def of(
+        cls,
+        subscription: str,
+        delivery_id: str,
+        event: Event,
+        *,
+        attempt: int,
+        attempted_at: float,
+        status_code: int | None,
+        latency_ms: float,
+        error: str | None,
+        verdict: str,
+        next_attempt_at: float | None = None,
+    ) -> AttemptRecord:
+        """An attempt of `event`, named by the event's own attributes (push and pull alike)."""
+        return cls(
+            delivery_id=delivery_id,
+            subscription=subscription,
+            source=event.source,
+            event_id=event.id,
+            event_type=event.type,
+            correlation_id=event.correlationid,
+            attempt=attempt,
+            attempted_at=attempted_at,
+            status_code=status_code,
+            latency_ms=latency_ms,
+            error=error,
+            verdict=verdict,
+            next_attempt_at=next_attempt_at,
+        )
+
 
 @dataclass(slots=True)
 class DeliveryState:
@@ -78,6 +113,24 @@ class DeadLetter:
     last_error: str | None
     dead_at: float
     replayed_at: float | None = None
+
+    @classmethod
+    def after(cls, last: AttemptRecord, event: Event, now: float) -> DeadLetter:
+        """The replayable dead letter of a delivery whose last attempt was `last`."""
+        return cls(
+            delivery_id=last.delivery_id,
+            subscription=last.subscription,
+            source=last.source,
+            event_id=last.event_id,
+            event_type=last.event_type,
+            correlation_id=last.correlation_id,
+            attributes=event.attributes(),
+            data=event.data,
+            attempts=last.attempt,
+            last_status=last.status_code,
+            last_error=last.error,
+            dead_at=now,
+        )
 
 
 class SubscriptionState(enum.Enum):
