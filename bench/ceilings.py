@@ -1,4 +1,4 @@
-"""The two ceilings the hub's ingest numbers are divided by, measured on this machine in this run.
+"""The ceilings (and the peer) the hub's ingest numbers are divided by, measured on this box in this run.
 
 A, "bare ASGI": bench.bare_asgi under uvicorn with hookhub's exact server flags, loaded by the same
 wrk command and Lua script as the hub. No Python web app answers faster on this box, so
@@ -9,7 +9,15 @@ with pipelined publisher confirms, into hookhub's topology shape (topic exchange
 exchange, quorum queue). That is what durable enqueueing costs on this box; the batch endpoint
 cannot beat it, so hub batch / B is how close the hub gets to the broker's limit.
 
-`python -m bench.ceilings` measures both alone; `python -m bench.ceilings publisher --json` is how
+D, "durable limit": bench.durable_asgi, a raw ASGI app that publishes each body persistent to a
+quorum queue with pipelined confirms and answers 202 after the confirm, under the same flags and wrk
+command as A. Any receiver that keeps "2xx only after the broker's confirm" pays at least this, so
+hub single / D is the figure issue #9 sets a target for.
+
+P, "peer": bench.peer_fastapi, the FastAPI + aio-pika receiver a team would hand-roll (signature
+check, pydantic, confirmed publish), measured the same way. Not a ceiling: a point of comparison.
+
+`python -m bench.ceilings` measures them alone; `python -m bench.ceilings publisher --json` is how
 bench.ingest runs ceiling B in its own process.
 """
 
@@ -21,6 +29,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -216,14 +225,84 @@ def measure_bare_asgi(settings: wrk.WrkSettings, log_dir: Path, warmup_s: float 
         return wrk.run_wrk(url, "webhook.lua", settings, webhook_env())
 
 
+@dataclass(frozen=True, slots=True)
+class ReferenceResult:
+    """Ceiling D's or peer P's run: the measured wrk run, and its queue afterwards against its 202s."""
+
+    result: wrk.WrkResult
+    accepted: int  # 202s over the warm-up and the measured run: messages the queue must hold
+    unanswered: int  # requests cut off at a run's end: they may have been published as well
+    queued: int | None  # the queue's depth after the server stopped; None if it was not counted
+    namespace: str
+
+    @property
+    def no_loss(self) -> bool:
+        """The queue holds every 202, and no more than the cut-off requests besides."""
+        return self.queued is not None and self.accepted <= self.queued <= self.accepted + self.unanswered
+
+    def describe_queue(self) -> str:
+        held = "?" if self.queued is None else f"{self.queued:,}"
+        return f"queue holds {held} of {self.accepted:,} answered 202 (+{self.unanswered:,} cut off)"
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary's entry: wrk's fields, the rate, and the no-loss count."""
+        extra = {k: getattr(self, k) for k in ("accepted", "unanswered", "queued", "namespace")}
+        return asdict(self.result) | {"rate": self.result.accepted_rate, "no_loss": self.no_loss} | extra
+
+
+# kind -> (letter, its server): both read BENCH_AMQP_URL and BENCH_EXCHANGE, the peer BENCH_SECRET.
+REFERENCES: dict[str, tuple[str, Callable[[Path], procs.Server]]] = {
+    "durable": ("D", procs.durable_asgi_server),
+    "peer": ("P", procs.peer_server),
+}
+
+
+def measure_reference(
+    kind: str, url: str, settings: wrk.WrkSettings, log_dir: Path, warmup_s: float = 1.0
+) -> ReferenceResult:
+    """Ceiling D or peer P: own namespace (exchange + quorum queue), a warm-up and the measured wrk
+    run with the hub's script, then the server stopped, its queue counted and the namespace deleted."""
+    letter, make_server = REFERENCES[kind]
+    namespace = f"bench{kind}{uuid.uuid4().hex[:8]}"
+    sink = f"{namespace}.sub.sink"
+    env = procs.clean_env(
+        {"BENCH_AMQP_URL": url, "BENCH_EXCHANGE": f"{namespace}.events", "BENCH_SECRET": payloads.SECRET}
+    )
+    server = make_server(log_dir)
+    accepted = unanswered = 0
+    try:
+        rabbit.declare_topology(url, namespace, {"sink": ["com.github.#"]})
+        with procs.running(server, env, "/readyz", timeout=30):
+            target = server.base_url + "/webhooks/github"
+            runs = [settings]
+            if warmup_s > 0:
+                runs.insert(
+                    0, wrk.WrkSettings(settings.threads, settings.connections, warmup_s, settings.timeout)
+                )
+            for cfg in runs:
+                result = wrk.run_wrk(target, "webhook.lua", cfg, webhook_env())
+                accepted += result.n202
+                unanswered += result.unanswered
+            time.sleep(0.5)  # requests cut off at wrk's deadline finish before the server stops
+        queued = rabbit.queue_depths(url, [sink])[sink]
+    except Exception as exc:
+        raise RuntimeError(f"{letter} ({server.name}): {exc}") from exc
+    finally:
+        rabbit.delete_namespace(url, namespace)
+    return ReferenceResult(result, accepted, unanswered, queued, namespace)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ceilings", description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", nargs="?", choices=["all", "asgi", "publisher"], default="all")
+    parser.add_argument(
+        "which", nargs="?", choices=["all", "asgi", "durable", "peer", "publisher"], default="all"
+    )
     parser.add_argument("--broker", default=rabbit.DEFAULT_URL)
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--window", type=int, default=2_000, help="unconfirmed messages in flight")
     parser.add_argument("--deadline", type=float, default=60.0, help="stop publishing after this many s")
-    parser.add_argument("--duration", type=float, default=10.0, help="wrk duration for ceiling A")
+    parser.add_argument("--duration", type=float, default=10.0, help="wrk duration for A, D and P")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections for A, D and P")
     parser.add_argument("--json", action="store_true", help="print one JSON line (used by bench.ingest)")
     args = parser.parse_args(argv)
 
@@ -231,12 +310,26 @@ def main(argv: list[str] | None = None) -> int:
         result = measure_publisher(args.broker, args.messages, args.window, args.deadline)
         print(json.dumps(asdict(result)))
         return 0
+    settings = wrk.WrkSettings(connections=args.connections, duration=args.duration)
     if args.which in ("all", "asgi"):
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="hookhub-bench-") as tmp:
-            a = measure_bare_asgi(wrk.WrkSettings(duration=args.duration), Path(tmp))
+            a = measure_bare_asgi(settings, Path(tmp))
         print(f"ceiling A bare ASGI: {a.rate:,.0f} req/s  p50 {a.p50_ms:.2f} ms  p99 {a.p99_ms:.2f} ms")
+    for kind, (letter, _) in REFERENCES.items():
+        if args.which in ("all", kind):
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="hookhub-bench-") as tmp:
+                r = measure_reference(kind, args.broker, settings, Path(tmp))
+            res = r.result
+            print(
+                f"{'ceiling ' if kind == 'durable' else ''}{letter} {kind}: {res.accepted_rate:,.0f} req/s  "
+                f"p50 {res.p50_ms:.2f} ms  p99 {res.p99_ms:.2f} ms  {r.describe_queue()}"
+                f"{'' if r.no_loss else '  -> LOSS'}"
+                + (f"  errors: {res.describe_errors()}" if res.errors else "")
+            )
     if args.which in ("all", "publisher"):
         b = run_publisher_process(args.broker, args.messages, args.window, args.deadline)
         print(

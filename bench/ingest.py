@@ -1,16 +1,20 @@
-"""Ingest benchmark (issue #2): hub throughput and latency as ratios to ceilings from the same run.
+"""Ingest benchmark (issues #2, #9): hub throughput and latency as ratios to ceilings from the same run.
 
     .venv/bin/python -m bench.ingest [--duration 10] [--store postgres|sqlite]
                                      [--only single|batch|latency|ceilings]
 
 Phases, each bounded in time and aimed only at 127.0.0.1:
   ceilings  A: bare ASGI app under the same uvicorn flags and wrk script as the hub;
+            D: the durable limit, a raw ASGI app answering 202 after a confirmed quorum publish;
+            P: the peer a team would hand-roll (FastAPI + aio-pika), both under A's flags and script;
             B: bare pika publisher with pipelined confirms into hookhub's topology shape;
             plus the fixed-rate client against the bare app (the latency ceiling).
-  single    POST /webhooks/github, signed, unique X-GitHub-Delivery each: events/s vs A (>= 0.5).
+  single    POST /webhooks/github, signed, unique X-GitHub-Delivery each, 64 connections:
+            events/s vs D (>= 0.8), also printed as ratios to A and P.
   batch     POST /events, 100 CloudEvents per request: events/s vs B (>= 0.8).
   latency   1,000 webhooks/s open-loop for --duration seconds: p50/p95/p99 (p99 < 20 ms).
-Afterwards the hub is stopped, its subscription queue must hold every event answered 202 (no loss),
+Afterwards the hub is stopped, its subscription queue must hold every event answered 202 (no loss,
+checked for D and P too),
 and the run's queues, exchanges and store are deleted, also on errors and Ctrl-C.
 Exit status: 0 when every request was accepted and nothing was lost (targets are reported, not
 enforced: a shared 2-core box is too noisy to gate on), 1 otherwise.
@@ -19,8 +23,6 @@ enforced: a shared 2-core box is too noisy to gate on), 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import platform
 import shutil
@@ -30,60 +32,42 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench import ceilings, fixed_rate, payloads, procs, rabbit, wrk
+from bench import ceilings, fixed_rate, hubctl, payloads, procs, rabbit, results, wrk
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
-TARGET_SINGLE = 0.5
+# Shared with bench.fanout and the others, which reach them through this module.
+from bench.hubctl import set_subscription_states, store_url
+from bench.results import RESULTS_DIR, Row, Run, describe, exit_code, guarded, judge, report
+
+TARGET_SINGLE = 0.8  # of D, issue #9
 TARGET_BATCH = 0.8
 TARGET_P99_MS = 20.0
+TARGETS = {"single_vs_D": TARGET_SINGLE, "batch_vs_B": TARGET_BATCH, "p99_ms": TARGET_P99_MS}
 LATENCY_RATE = 1000.0
-# Table order: each hub row right under the ceiling it is divided by.
-ROW_ORDER = ("ceiling_a", "hub_single", "ceiling_b", "hub_batch", "latency_ceiling", "hub_latency")
-
-
-@dataclass
-class Row:
-    """One line of the results table."""
-
-    key: str  # one of ROW_ORDER, also the result's key in the JSON summary
-    phase: str
-    rate: float | None = None
-    unit: str = ""
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    p99_ms: float | None = None
-    ratio: str = ""
-    target: str = ""
-    verdict: str = ""
-    note: str = ""
-
-
-@dataclass
-class Run:
-    """Everything one bench run measured, for the table and the JSON summary."""
-
-    args: argparse.Namespace
-    rows: list[Row] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    footer: list[str] = field(default_factory=list)  # printed under the table
-
-    def problem(self, text: str) -> None:
-        """Record an error (non-2xx, loss, a phase that broke) and print it at once, loudly."""
-        self.problems.append(text)
-        print(f"\n!!! ERROR: {text}\n", flush=True)
+# Table order: each hub row right under the ceilings it is divided by.
+ROW_ORDER = (
+    "ceiling_a",
+    "ceiling_d",
+    "peer",
+    "hub_single",
+    "ceiling_b",
+    "hub_batch",
+    "latency_ceiling",
+    "hub_latency",
+)
+# Ceiling D and peer P: bench.ceilings' kind, row key, and the label of their table row.
+REFERENCE_ROWS = (
+    ("durable", "ceiling_d", "D  durable ASGI (quorum, confirms)"),
+    ("peer", "peer", "P  peer FastAPI + aio-pika"),
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,9 +76,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--store", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--only", choices=["single", "batch", "latency", "ceilings"])
     parser.add_argument("--broker", default=rabbit.DEFAULT_URL, help="RabbitMQ URL (127.0.0.1 only)")
-    # Many providers deliver at once: with few connections a hub whose request waits ~4 ms on the
-    # store and the broker's confirm is bounded by Little's law, not by what it can do.
-    parser.add_argument("--connections", type=int, default=128, help="wrk connections, single (default 128)")
+    # Many providers deliver at once: with few connections a hub whose request waits a few ms on
+    # the store and the broker's confirm is bounded by Little's law, not by what it can do. 64 is
+    # where issue #9 sets the target; A, D and P get the same.
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections, single (default 64)")
     parser.add_argument("--batch-connections", type=int, default=16, help="wrk connections, batch")
     parser.add_argument("--messages", type=int, default=100_000, help="ceiling B message count")
     parser.add_argument("--window", type=int, default=2_000, help="ceiling B unconfirmed in flight")
@@ -116,6 +101,8 @@ def wants(args: argparse.Namespace, phase: str) -> bool:
     """Whether this run includes `phase`, counting the ceilings each hub phase is divided by."""
     needs = {
         "ceiling_a": {"single", "ceilings"},
+        "ceiling_d": {"single", "ceilings"},
+        "peer": {"single", "ceilings"},
         "ceiling_b": {"batch", "ceilings"},
         "latency_ceiling": {"latency", "ceilings"},
         "single": {"single"},
@@ -150,6 +137,7 @@ def machine_context(args: argparse.Namespace) -> dict[str, Any]:
         "platform": platform.platform(),
         "uvicorn": _version("uvicorn"),
         "pika": _version("pika"),
+        "aio_pika": _version("aio-pika"),  # peer P's client
         "rabbitmq": rabbit.server_version(args.broker),
         "wrk": wrk_version.split("[")[0].strip() or wrk_path,
         "store": args.store,
@@ -177,7 +165,8 @@ def preflight(args: argparse.Namespace, ctx: dict[str, Any]) -> list[str]:
     """Services this run needs that are down: better said at once than after a 60 s wait."""
     missing = []
     runs_hub = args.hub == "hookhub" and args.only != "ceilings"
-    if (runs_hub or wants(args, "ceiling_b")) and str(ctx["rabbitmq"]).startswith("unreachable"):
+    brokered = ("ceiling_b", "ceiling_d", "peer")
+    if (runs_hub or any(wants(args, k) for k in brokered)) and str(ctx["rabbitmq"]).startswith("unreachable"):
         missing.append(f"RabbitMQ is not reachable at {args.broker.split('@')[-1]}")
     if runs_hub and args.store == "postgres":
         try:
@@ -189,36 +178,6 @@ def preflight(args: argparse.Namespace, ctx: dict[str, Any]) -> list[str]:
 
 
 # --- hub process ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def store_url(kind: str, tmp: Path) -> Iterator[str]:
-    """A store the run owns: a throwaway PostgreSQL database, or an SQLite file in `tmp`.
-
-    Dropped afterwards, so each run starts empty (a growing dedup table would skew later runs)
-    and the `test` database the test-suite uses never fills with bench rows.
-    """
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp}/bench.db"
-        return
-    import psycopg
-
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    try:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as exc:
-        print(f"warning: cannot create a throwaway database ({exc}); using {POSTGRES_ADMIN_URL}")
-        yield POSTGRES_ADMIN_URL
-        return
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        try:
-            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        except psycopg.Error as exc:
-            print(f"warning: could not drop database {name}: {exc}", file=sys.stderr)
 
 
 def hub_config(broker: str, store: str, namespace: str, tmp: Path) -> dict[str, Any]:
@@ -256,55 +215,14 @@ def hub_server(kind: str, config: Path, tmp: Path) -> procs.Server:
     return procs.Server("hub (hookhub run)", argv, port, tmp / "hub.log", cwd=tmp)
 
 
-def set_subscription_states(store_url: str, names: Iterable[str], paused: bool, reason: str) -> None:
-    """Pause or resume subscriptions in the store, as an operator would; the dispatcher reads the
-    states at start-up and then every 2 s, so a subscription paused before the hub starts is
-    never consumed, and a resumed one starts within 2 s."""
-    import asyncio
-
-    from hookhub.store import open_store
-    from hookhub.store.base import SubscriptionState
-
-    state = SubscriptionState.PAUSED if paused else SubscriptionState.ACTIVE
-
-    async def apply() -> None:
-        store = open_store(store_url)
-        try:
-            await store.start()
-            for name in names:
-                await store.subscriptions.set(name, state, reason)
-        finally:
-            await store.close()
-
-    asyncio.run(apply())
-
-
 def pause_in_store(store: str) -> str:
-    """Pause the subscription before the hub starts (see `pause_sink` for why); the admin API
+    """Pause the subscription before the hub starts (see `hubctl.pause_sink` for why); the admin API
     is the fallback when the store cannot be written from here."""
     try:
         set_subscription_states(store, ["sink"], paused=True, reason="bench.ingest")
     except Exception as exc:
         return f"could not pause in the store ({describe(exc)})"
     return "paused in the store before start"
-
-
-def pause_sink(base_url: str) -> str:
-    """Pause the subscription so the dispatcher leaves the queue alone: this bench measures
-    ingest, and delivering to a dead URL would only burn the hub's CPU and move the messages."""
-    req = urllib.request.Request(
-        base_url + "/admin/subscriptions/sink/pause",
-        method="POST",
-        headers={"Authorization": f"Bearer {payloads.ADMIN_TOKEN}"},
-        data=b"",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return f"paused (HTTP {resp.status})"
-    except urllib.error.HTTPError as exc:
-        return f"could not pause (HTTP {exc.code}); the dispatcher may consume during the run"
-    except OSError as exc:
-        return f"could not pause ({exc}); the dispatcher may consume during the run"
 
 
 # --- phases --------------------------------------------------------------------------------------
@@ -324,11 +242,6 @@ def wrk_row(key: str, phase: str, result: wrk.WrkResult, per_request: int, unit:
 def check_wrk(run: Run, phase: str, result: wrk.WrkResult) -> None:
     if result.errors:
         run.problem(f"{phase}: {result.errors} requests not answered 202: {result.describe_errors()}")
-
-
-def judge(row: Row, ratio: str, target: str, ok: bool) -> None:
-    """Fill in how `row` compares with its ceiling and whether it meets its target."""
-    row.ratio, row.target, row.verdict = ratio, target, "OK" if ok else "MISS"
 
 
 def latency_row(key: str, phase: str, result: fixed_rate.FixedRateResult) -> Row:
@@ -352,8 +265,33 @@ def check_latency(run: Run, phase: str, result: fixed_rate.FixedRateResult) -> N
         )
 
 
+def run_references(run: Run, settings: wrk.WrkSettings, tmp: Path) -> None:
+    """Ceiling D and peer P, each on its own server and namespace; one failing spares the other."""
+    for kind, key, label in REFERENCE_ROWS:
+        if not wants(run.args, key):
+            continue
+        letter = label.split()[0]
+        print(f"{'ceiling' if kind == 'durable' else 'peer'} {letter}: {label[3:]} under wrk ...", flush=True)
+        try:
+            ref = ceilings.measure_reference(kind, run.args.broker, settings, tmp)
+        except Exception as exc:
+            run.problem(f"{letter}: {describe(exc)}")
+            continue
+        check_wrk(run, letter, ref.result)
+        verdict = "OK" if ref.no_loss else "LOSS"
+        line = f"no loss {letter}: {ref.describe_queue()}  -> {verdict}"
+        if not ref.no_loss:
+            run.problem(f"{letter}: {ref.describe_queue()}")
+        run.footer.append(line)
+        run.data[key] = ref.summary()
+        row = wrk_row(key, label, ref.result, 1, "req/s")
+        row.note = f"no loss {verdict}"
+        run.rows.append(row)
+
+
 def run_ceilings(run: Run, settings: wrk.WrkSettings, tmp: Path) -> None:
-    """Ceiling A and the latency ceiling share one bare server; ceiling B runs in its own process."""
+    """Ceiling A and the latency ceiling share one bare server, D and P have their own, and ceiling B
+    runs in its own process."""
     args = run.args
     if wants(args, "ceiling_a") or wants(args, "latency_ceiling"):
         server = procs.bare_asgi_server(tmp)
@@ -377,6 +315,7 @@ def run_ceilings(run: Run, settings: wrk.WrkSettings, tmp: Path) -> None:
                 run.rows.append(
                     latency_row("latency_ceiling", f"L  bare ASGI at {LATENCY_RATE:g}/s open-loop", lat)
                 )
+    run_references(run, settings, tmp)
     if wants(args, "ceiling_b"):
         print(f"ceiling B: pika publisher, {args.messages:,} persistent messages ...", flush=True)
         b = ceilings.run_publisher_process(args.broker, args.messages, args.window, deadline_s=60)
@@ -420,9 +359,18 @@ class Ledger:
         self.maybe += result.unanswered * per_request
 
 
+def single_ratios(run: Run, rate: float) -> dict[str, float]:
+    """The hub single's rate over D (judged), A and P, for those this run measured."""
+    ratios = {}
+    for letter, key in (("D", "ceiling_d"), ("A", "ceiling_a"), ("P", "peer")):
+        ceiling = run.data.get(key, {}).get("rate")
+        if ceiling:
+            ratios[letter] = rate / ceiling
+    return ratios
+
+
 def run_hub_phases(run: Run, hub: procs.Server, settings: wrk.WrkSettings, ledger: Ledger) -> None:
     args = run.args
-    a = run.data.get("ceiling_a", {}).get("rate")
     b = run.data.get("ceiling_b", {}).get("rate")
 
     def load(
@@ -456,10 +404,11 @@ def run_hub_phases(run: Run, hub: procs.Server, settings: wrk.WrkSettings, ledge
         single = load("webhook.lua", "/webhooks/github", settings, ceilings.webhook_env, 1)
         check_wrk(run, "hub single", single)
         row = wrk_row("hub_single", "   hub single webhook", single, 1, "ev/s")
-        if a:
-            ratio = single.accepted_rate / a
-            judge(row, f"{ratio:.2f} of A", f">= {TARGET_SINGLE}", ratio >= TARGET_SINGLE)
-        run.data["hub_single"] = asdict(single) | {"events_per_s": single.accepted_rate}
+        ratios = single_ratios(run, single.accepted_rate)
+        row.ratio = ", ".join(f"{r:.2f} {letter}" for letter, r in ratios.items())
+        if "D" in ratios:
+            judge(row, row.ratio, f">= {TARGET_SINGLE} D", ratios["D"] >= TARGET_SINGLE)
+        run.data["hub_single"] = asdict(single) | {"events_per_s": single.accepted_rate, "ratios": ratios}
         run.rows.append(row)
 
     if wants(args, "batch"):
@@ -521,87 +470,11 @@ def verify_no_loss(run: Run, namespace: str, ledger: Ledger) -> None:
     run.footer.append(line)
 
 
-# --- output --------------------------------------------------------------------------------------
-
-
-def _ms(value: float | None) -> str:
-    return "" if value is None else f"{value:.2f}"
-
-
-def print_table(rows: list[Row], order: tuple[str, ...] = ROW_ORDER) -> None:
-    """The rows in `order` (each hub row under its ceiling), numbers right-aligned."""
-    header = ("phase", "throughput", "p50 ms", "p95 ms", "p99 ms", "ratio", "target", "", "note")
-    table = [header] + [
-        (
-            r.phase,
-            "" if r.rate is None else f"{r.rate:,.0f} {r.unit}",
-            _ms(r.p50_ms),
-            _ms(r.p95_ms),
-            _ms(r.p99_ms),
-            r.ratio,
-            r.target,
-            r.verdict,
-            r.note,
-        )
-        for r in sorted(rows, key=lambda r: order.index(r.key))
-    ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    right = {1, 2, 3, 4}
-    print()
-    for n, line in enumerate(table):
-        cells = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        ]
-        print("  ".join(cells).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
-    print(flush=True)
-
-
 def write_summary(
     run: Run, stamp: str, kind: str = "ingest", targets: dict[str, float] | None = None
 ) -> Path:
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"{kind}-{stamp}.json"
-    if targets is None:
-        targets = {"single_vs_A": TARGET_SINGLE, "batch_vs_B": TARGET_BATCH, "p99_ms": TARGET_P99_MS}
-    summary = {
-        "timestamp": stamp,
-        "options": vars(run.args),
-        "targets": targets,
-        "rows": [asdict(r) for r in run.rows],
-        "problems": run.problems,
-        **run.data,
-    }
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return path
-
-
-def report(
-    run: Run, started: float, interrupted: bool, write: Callable[[], Path], order: tuple[str, ...]
-) -> None:
-    """Print the table and footer and write the JSON summary (also after an error or Ctrl-C)."""
-    if run.rows:
-        print_table(run.rows, order)
-    for line in run.footer:
-        print(line)
-    run.data["elapsed_s"] = round(time.monotonic() - started, 1)
-    run.data["interrupted"] = interrupted
-    path = write()
-    print(f"summary: {path.relative_to(procs.ROOT)}  ({run.data['elapsed_s']}s)")
-
-
-def exit_code(run: Run, interrupted: bool) -> int:
-    """130 after Ctrl-C, 1 if anything went wrong (each first line listed), else 0."""
-    if interrupted:
-        print("interrupted: servers stopped, bench queues, exchanges and store deleted", file=sys.stderr)
-        return 130
-    if run.problems:
-        firsts = [text.splitlines()[0] for text in run.problems]
-        print(f"{len(run.problems)} error(s):", *firsts, sep="\n  - ")
-        return 1
-    return 0
+    """The JSON summary; the ingest targets unless a caller (bench.fanout) gives its own."""
+    return results.write_summary(run, stamp, kind, TARGETS if targets is None else targets)
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -610,19 +483,6 @@ def exit_code(run: Run, interrupted: bool) -> int:
 def _terminate(signum: int, _frame: Any) -> None:
     """SIGTERM takes the same way out as Ctrl-C, through every `finally` that cleans up."""
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def describe(exc: BaseException) -> str:
-    """An exception as one line, also for the ones whose message is empty (pika's)."""
-    return f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
-
-
-def guarded(run: Run, what: str, step: Callable[[], None]) -> None:
-    """Run a check or cleanup step that must neither be skipped nor hide the error in flight."""
-    try:
-        step()
-    except Exception as exc:
-        run.problem(f"{what}: {describe(exc)}")
 
 
 def keep_log(hub: procs.Server, stamp: str) -> None:
@@ -654,7 +514,7 @@ def run_hub(run: Run, settings: wrk.WrkSettings, tmp: Path, stamp: str) -> None:
             hub.wait_ready("/readyz", timeout=60)
             if args.hub == "hookhub":
                 if not paused.startswith("paused"):
-                    paused = pause_sink(hub.base_url)
+                    paused = hubctl.pause_sink(hub.base_url)
                 run.data["sink_pause"] = paused
                 print(f"subscription sink: {paused}", flush=True)
             run_hub_phases(run, hub, settings, ledger)

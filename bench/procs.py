@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
-# Exactly the server settings `hookhub run` uses, so ceiling A differs from the hub only by the app.
+# Exactly the server settings `hookhub run` uses, so the ceilings and the peer differ from the hub
+# only by the app.
 UVICORN_FLAGS = ("--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning")
 
 
@@ -125,14 +126,14 @@ def running(server: Server, env: dict[str, str], ready_path: str, timeout: float
         server.stop()
 
 
-def bare_asgi_server(log_dir: Path) -> Server:
-    """Ceiling A's server: bench.bare_asgi under uvicorn with hookhub's flags, one process."""
+def uvicorn_server(name: str, app: str, log_dir: Path) -> Server:
+    """`app` (module:attribute) under uvicorn with hookhub's flags, one process, on a free port."""
     port = free_port()
     argv = [
         str(VENV_BIN / "python"),
         "-m",
         "uvicorn",
-        "bench.bare_asgi:app",
+        app,
         "--app-dir",
         str(ROOT),
         "--host",
@@ -141,4 +142,19 @@ def bare_asgi_server(log_dir: Path) -> Server:
         str(port),
         *UVICORN_FLAGS,
     ]
-    return Server("bare ASGI (uvicorn)", argv, port, log_dir / "bare-asgi.log")
+    return Server(name, argv, port, log_dir / f"{app.split(':')[0].rsplit('.', 1)[-1]}.log")
+
+
+def bare_asgi_server(log_dir: Path) -> Server:
+    """Ceiling A's server: bench.bare_asgi, no broker."""
+    return uvicorn_server("bare ASGI (uvicorn)", "bench.bare_asgi:app", log_dir)
+
+
+def durable_asgi_server(log_dir: Path) -> Server:
+    """Ceiling D's server: bench.durable_asgi; reads BENCH_AMQP_URL and BENCH_EXCHANGE."""
+    return uvicorn_server("durable ASGI (uvicorn)", "bench.durable_asgi:app", log_dir)
+
+
+def peer_server(log_dir: Path) -> Server:
+    """Peer P's server: bench.peer_fastapi; reads BENCH_AMQP_URL, BENCH_EXCHANGE and BENCH_SECRET."""
+    return uvicorn_server("peer FastAPI + aio-pika (uvicorn)", "bench.peer_fastapi:app", log_dir)

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import payloads, rabbit
 from hookhub.archive import open_archive
 from hookhub.archive.base import Archive
-
-from bench import payloads, rabbit
 from hookhub.broker.base import Binding, Topology
 from hookhub.broker.rabbitmq import RabbitMQBroker
 from hookhub.config import SubscriptionConfig
