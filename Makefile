@@ -29,12 +29,15 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# `make bench BENCH_BACKLOG=100000` shortens the backlog runs (default: 1,000,000 events waiting).
 bench: install
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.fanout
 	$(BIN)/python -m bench.resend
 	$(BIN)/python -m bench.archive
 	$(BIN)/python -m bench.archive --broker '$(or $(HOOKHUB_BENCH_RABBITMQ),amqp://guest:guest@127.0.0.1:5672/%2F)'
+	$(BIN)/python -m bench.backlog --broker '$(or $(HOOKHUB_BENCH_RABBITMQ),amqp://guest:guest@127.0.0.1:5672/%2F)' --store postgres --backlog $(or $(BENCH_BACKLOG),1000000)
+	$(BIN)/python -m bench.backlog --broker sqlite --store sqlite --backlog $(or $(BENCH_BACKLOG),1000000)
 
 # `make image` builds the one image every function runs from (Dockerfile) with the first engine
 # that answers; where none does (`docker info` fails) it prints what to run elsewhere and fails.
