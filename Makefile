@@ -6,6 +6,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= $(or $(HOOKHUB_CONFIG),hookhub.example.yaml)
 ARGS   ?=
 STAMP  := $(VENV)/.installed
+AMQP   ?= $(or $(HOOKHUB_BENCH_RABBITMQ),amqp://guest:guest@127.0.0.1:5672/%2F)
 
 .PHONY: install run test lint bench image clean
 
@@ -32,11 +33,15 @@ lint: install
 # `make bench BENCH_BACKLOG=100000` shortens the backlog runs (default: 1,000,000 events waiting).
 bench: install
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.ingest --only single --workers 2
 	$(BIN)/python -m bench.fanout
+	$(BIN)/python -m bench.fanout --only latency --rate 300
+	$(BIN)/python -m bench.fanout --only latency --workers 2
+	$(BIN)/python -m bench.fanout --only latency --broker sqlite --store sqlite
 	$(BIN)/python -m bench.resend
 	$(BIN)/python -m bench.archive
-	$(BIN)/python -m bench.archive --broker '$(or $(HOOKHUB_BENCH_RABBITMQ),amqp://guest:guest@127.0.0.1:5672/%2F)'
-	$(BIN)/python -m bench.backlog --broker '$(or $(HOOKHUB_BENCH_RABBITMQ),amqp://guest:guest@127.0.0.1:5672/%2F)' --store postgres --backlog $(or $(BENCH_BACKLOG),1000000)
+	$(BIN)/python -m bench.archive --broker '$(AMQP)'
+	$(BIN)/python -m bench.backlog --broker '$(AMQP)' --store postgres --backlog $(or $(BENCH_BACKLOG),1000000)
 	$(BIN)/python -m bench.backlog --broker sqlite --store sqlite --backlog $(or $(BENCH_BACKLOG),1000000)
 
 # `make image` builds the one image every function runs from (Dockerfile) with the first engine

@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--duration", type=float, default=10.0, help="seconds of the fixed-rate run (default 10)"
     )
     parser.add_argument("--rate", type=float, default=1000.0, help="webhooks/s of the fixed-rate run")
+    parser.add_argument("--workers", type=int, default=1, help="hookhub run --workers (RabbitMQ only)")
     parser.add_argument(
         "--max-in-flight",
         type=int,
@@ -175,14 +176,44 @@ def preflight(args: argparse.Namespace, ctx: dict[str, Any]) -> list[str]:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a process has used so far; 0 once it is gone."""
+def _stat(pid: int) -> list[str] | None:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0
-    fields = text.rsplit(")", 1)[1].split()  # fields[0] is field 3 (state) of proc(5)
-    return (int(fields[11]) + int(fields[12])) / _TICK
+        return None
+    return text.rsplit(")", 1)[1].split()  # [0] is field 3 (state) of proc(5), [1] the parent
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process and its live descendants have used so
+    far (`hookhub run --workers` serves from child processes); 0 once it is gone."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        fields = _stat(current)
+        if fields is not None:
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+        if current != os.getpid():  # this process's children are the servers, counted apart
+            todo.extend(children.get(current, []))
+    return total
+
+
+def service_pids(args: argparse.Namespace) -> dict[str, int]:
+    """The broker's and the database's server processes, when they run here: their CPU per event
+    is part of the cost too."""
+    found: dict[str, int] = {}
+    wanted = {"rabbitmq": "beam.smp"} if amqp(args) else {}
+    if args.store == "postgres":
+        wanted["postgres"] = "postgres"
+    for name, command in wanted.items():
+        pids = subprocess.run(["pgrep", "-o", "-x", command], capture_output=True, text=True, check=False)
+        if pids.stdout.strip():
+            found[name] = int(pids.stdout.split()[0])
+    return found
 
 
 def machine_busy() -> tuple[float, float]:
@@ -542,7 +573,7 @@ def hub_config(
     }
 
 
-def hub_server(config: Path, tmp: Path) -> procs.Server:
+def hub_server(config: Path, tmp: Path, workers: int = 1) -> procs.Server:
     port = procs.free_port()
     argv = [
         str(procs.VENV_BIN / "hookhub"),
@@ -555,8 +586,10 @@ def hub_server(config: Path, tmp: Path) -> procs.Server:
         str(port),
         "--log-level",
         "warning",
+        f"--workers={workers}",
     ]
-    return procs.Server("hub (hookhub run)", argv, port, tmp / "hub.log", cwd=tmp)
+    name = "hub (hookhub run)" if workers == 1 else f"hub (hookhub run --workers {workers})"
+    return procs.Server(name, argv, port, tmp / "hub.log", cwd=tmp)
 
 
 def batch_bodies(prefix: str, event_type: str, count: int) -> Iterator[bytes]:
@@ -758,7 +791,7 @@ def hub_latency(run: Run, hub: procs.Server, snk: procs.Server) -> None:
     args = run.args
     assert hub.proc is not None and snk.proc is not None
     print(f"hub latency: {args.rate:g} webhooks/s open-loop, webhook -> hub -> sink ...", flush=True)
-    pids = {"hub": hub.proc.pid, "sink": snk.proc.pid, "client": os.getpid()}
+    pids = {"hub": hub.proc.pid, "sink": snk.proc.pid, "client": os.getpid(), **service_pids(args)}
     lat = run_latency(run, hub.base_url, "/webhooks/github", "/hub/lat", 202, snk, pids)
     result = lat.client
     if result.errors:
@@ -795,7 +828,7 @@ def run_hub(run: Run, snk: procs.Server, tmp: Path, stamp: str) -> None:
         )
         if wants(args, "throughput"):
             ingest.set_subscription_states(store, tp_subs, paused=True, reason="bench.fanout")
-        hub = hub_server(config, tmp)
+        hub = hub_server(config, tmp, args.workers)
         try:
             print(
                 f"starting {hub.name} (namespace {namespace}, store {store.split('@')[-1]}) ...", flush=True

@@ -75,6 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run (default 10)")
     parser.add_argument("--store", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--only", choices=["single", "batch", "latency", "ceilings"])
+    parser.add_argument("--workers", type=int, default=1, help="hookhub run --workers")
     parser.add_argument("--broker", default=rabbit.DEFAULT_URL, help="RabbitMQ URL (127.0.0.1 only)")
     # Many providers deliver at once: with few connections a hub whose request waits a few ms on
     # the store and the broker's confirm is bounded by Little's law, not by what it can do. 64 is
@@ -196,7 +197,7 @@ def hub_config(broker: str, store: str, namespace: str, tmp: Path) -> dict[str, 
     }
 
 
-def hub_server(kind: str, config: Path, tmp: Path) -> procs.Server:
+def hub_server(kind: str, config: Path, tmp: Path, workers: int = 1) -> procs.Server:
     if kind == "bare":
         server = procs.bare_asgi_server(tmp)
         server.name = "stand-in hub (bare ASGI)"
@@ -211,8 +212,10 @@ def hub_server(kind: str, config: Path, tmp: Path) -> procs.Server:
         "127.0.0.1",
         "--port",
         str(port),
+        f"--workers={workers}",
     ]
-    return procs.Server("hub (hookhub run)", argv, port, tmp / "hub.log", cwd=tmp)
+    name = "hub (hookhub run)" if workers == 1 else f"hub (hookhub run --workers {workers})"
+    return procs.Server(name, argv, port, tmp / "hub.log", cwd=tmp)
 
 
 def pause_in_store(store: str) -> str:
@@ -506,7 +509,7 @@ def run_hub(run: Run, settings: wrk.WrkSettings, tmp: Path, stamp: str) -> None:
     with store_url(args.store, tmp) as store:
         config = tmp / "hookhub.yaml"
         config.write_text(yaml.safe_dump(hub_config(args.broker, store, namespace, tmp), sort_keys=False))
-        hub = hub_server(args.hub, config, tmp)
+        hub = hub_server(args.hub, config, tmp, args.workers)
         paused = pause_in_store(store) if args.hub == "hookhub" else ""
         try:
             print(f"starting {hub.name} (namespace {namespace}, store {store}) ...", flush=True)

@@ -14,8 +14,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
 from hookhub.store import SqlStore
+from hookhub.store.engine import engine_url
 
 RABBITMQ_URL = os.environ.get("HOOKHUB_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/%2F")
 POSTGRES_URL = os.environ.get("HOOKHUB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -80,3 +83,18 @@ async def store(tmp_sqlite_url: str) -> AsyncIterator[SqlStore]:
     await store.start()
     yield store
     await store.close()
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+    """An empty PostgreSQL database, dropped afterwards."""
+    name = f"hookhub_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(engine_url(postgres_url), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        admin.dispose()

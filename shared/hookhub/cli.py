@@ -12,7 +12,7 @@ import socket
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import yaml
@@ -99,13 +99,22 @@ def run(
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
     log_format: Annotated[str, typer.Option(help="text (for people) or json (one object a line)")] = "text",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Hub processes sharing the port, e.g. one per core (needs RabbitMQ and PostgreSQL)",
+        ),
+    ] = 1,
 ) -> None:
     """Serve ingest, producer API, health and metrics on one port, and deliver to subscribers."""
-    from hookhub.demo import demo_mismatches, demo_route
+    from hookhub.demo import demo_mismatches
     from hookhub.startup import log_startup
-    from hookhub.web import create_app
+    from hookhub.workers import hub_app, serve_workers, why_not_shared
 
     hub_config = _load(config)
+    if workers > 1 and (reason := why_not_shared(hub_config)):
+        _fail("cannot start", reason, 2)
     try:
         logs.configure(log_level.lower(), log_format.lower())
         sock = listen(host, port)
@@ -116,14 +125,28 @@ def run(
         log.warning(line)
     for line in first_steps(hub_config, host, port):
         log.info(line)
+    if workers > 1:
+        log.info("serving from %d worker processes", workers)
+        serve_workers(sock, workers, config_path(config), _options(log_level), (log_level, log_format))
+        return
     try:
-        web_app = create_app(hub_config)
+        web_app = hub_app(hub_config)
     except Exception as exc:  # opening broker or store clients: one message, the detail at debug
         log.debug("cannot start", exc_info=True)
         _fail("cannot start", redact_url(f"{type(exc).__name__}: {exc}"), 1)
-    if hub_config.demo_receiver:
-        web_app.router.routes.append(demo_route(hub_config))
     _serve(web_app, sock, log_level)
+
+
+def _options(log_level: str) -> dict[str, Any]:
+    from hookhub.serving import uvicorn_options
+
+    return {
+        "loop": "uvloop",
+        "access_log": False,
+        "log_level": log_level.lower(),
+        "lifespan": "on",
+        **uvicorn_options(),
+    }
 
 
 def _serve(web_app: Starlette, sock: socket.socket, log_level: str) -> None:
@@ -131,16 +154,7 @@ def _serve(web_app: Starlette, sock: socket.socket, log_level: str) -> None:
     which is where the hub stops gracefully."""
     import uvicorn
 
-    from hookhub.serving import uvicorn_options
-
-    options = {
-        "loop": "uvloop",
-        "access_log": False,
-        "log_level": log_level.lower(),
-        "lifespan": "on",
-        **uvicorn_options(),
-    }
-    uvicorn.Server(uvicorn.Config(web_app, **options)).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(web_app, **_options(log_level))).run(sockets=[sock])
 
 
 @app.command()

@@ -53,9 +53,15 @@ class QueueNames(dict[str, str]):
 
 class Hub:
     def __init__(
-        self, config: HubConfig, *, broker: Broker | None = None, clock: Clock = SYSTEM_CLOCK
+        self,
+        config: HubConfig,
+        *,
+        broker: Broker | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        processes: int = 1,
     ) -> None:
         self.config = config
+        self.processes = processes  # `hookhub run --workers`: processes serving this config side by side
         self.clock = clock
         self.metrics = Metrics()
         self.topology = Topology(config.namespace)
@@ -170,6 +176,7 @@ class Hub:
                 self.store.subscriptions,
                 self._attempts(park_delay=0.0),  # a parked subscription's worker stops consuming
                 self.metrics,
+                self.processes,
             )
             await self.dispatcher.start()
             await self.start_archiver()

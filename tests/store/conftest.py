@@ -4,15 +4,11 @@ must see a whole table (replay jobs are claimed from all of them) gets a databas
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
 
 from hookhub.store import SqlStore
-from hookhub.store.engine import engine_url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -22,21 +18,6 @@ async def store(request: pytest.FixtureRequest, tmp_sqlite_url: str) -> AsyncIte
     await store.start()
     yield store
     await store.close()
-
-
-@pytest.fixture
-def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
-    """An empty PostgreSQL database, dropped afterwards."""
-    name = f"hookhub_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(engine_url(postgres_url), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -57,6 +58,18 @@ class RateLimiter:
                 await asyncio.sleep((1.0 - self.tokens) / self.rate)
 
 
+def share_of(sub: SubscriptionConfig, processes: int) -> SubscriptionConfig:
+    """One process's part of a subscription's limits when `processes` deliver it side by side
+    (`hookhub run --workers N`): the subscriber sees at most `max_in_flight` POSTs and
+    `rate_limit` per second in all, as it would from one process."""
+    if processes <= 1:
+        return sub
+    update: dict[str, object] = {"max_in_flight": math.ceil(sub.max_in_flight / processes)}
+    if sub.rate_limit:
+        update["rate_limit"] = sub.rate_limit / processes
+    return sub.model_copy(update=update)
+
+
 class LeasedEvent:
     """A broker lease as the decision path's `Held`."""
 
@@ -93,19 +106,20 @@ class SubscriptionWorker:
         broker: Broker,
         attempts: Attempts,
         subscription: Subscription | None = None,
+        processes: int = 1,
     ) -> None:
         self.name = name
-        self.sub = sub
+        self.sub = share_of(sub, processes)
         self.subscription = subscription or Subscription(name, sub, "file")  # what it was built from
         self.queue = queue
         self.broker = broker
         self.attempts = attempts
-        self.limiter = RateLimiter(sub.rate_limit) if sub.rate_limit else None
+        self.limiter = RateLimiter(self.sub.rate_limit) if self.sub.rate_limit else None
         self.target = Target(
             name,
-            sub,
+            self.sub,
             self._active,
-            asyncio.Semaphore(sub.max_in_flight),
+            asyncio.Semaphore(self.sub.max_in_flight),
             self._disable,
             self.subscription.extra_secrets,
         )
@@ -193,8 +207,10 @@ class Dispatcher:
         states: SubscriptionStates,
         attempts: Attempts,
         metrics: Metrics,
+        processes: int = 1,
     ) -> None:
         self.registry = registry
+        self.processes = processes  # hub processes delivering side by side (see `share_of`)
         self.queue_of = queue_of
         self.broker = broker
         self.attempts = attempts
@@ -268,7 +284,7 @@ class Dispatcher:
         for name, sub in subscriptions.items():
             if sub.push and name not in self.workers:
                 self.workers[name] = SubscriptionWorker(
-                    name, sub.config, self.queue_of(name), self.broker, self.attempts, sub
+                    name, sub.config, self.queue_of(name), self.broker, self.attempts, sub, self.processes
                 )
 
     async def _follow_states(self) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import email.utils
 import errno
+import functools
 import hashlib
 import re
 import socket
@@ -20,6 +21,7 @@ from datetime import UTC
 from importlib.metadata import PackageNotFoundError, version
 
 import aiohttp
+import yarl
 
 from hookhub.config import SubscriptionConfig
 from hookhub.events import REPLAY_EXTENSION, SPECVERSION, Event
@@ -117,13 +119,12 @@ class Sender:
             connector = aiohttp.TCPConnector(
                 limit=0, limit_per_host=0, keepalive_timeout=self._keepalive_timeout
             )
+            # No session-wide headers or skip list: aiohttp would merge and copy them on every
+            # request; `post` passes its own (User-Agent, and Accept-Encoding: identity, since the
+            # response is discarded and decompressing it is waste).
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 cookie_jar=aiohttp.DummyCookieJar(),
-                headers={"User-Agent": self._user_agent},
-                # No Content-Type unless the event has one (aiohttp would add octet-stream), and
-                # no Accept-Encoding: the response is discarded, so decompressing it is waste.
-                skip_auto_headers=("Content-Type", "Accept-Encoding"),
                 auto_decompress=False,
                 trust_env=False,  # no proxy or netrc credentials picked up from the environment
             )
@@ -144,6 +145,8 @@ class Sender:
         if sub.url is None:
             return AttemptResult(None, 0.0, f"subscription {subscription_name} has no url")
         headers = cloudevent_headers(event)
+        headers["User-Agent"] = self._user_agent
+        headers["Accept-Encoding"] = "identity"
         timestamp = int(time.time())
         headers["webhook-id"] = delivery_id
         headers["webhook-timestamp"] = str(timestamp)
@@ -163,11 +166,13 @@ class Sender:
         started = time.perf_counter()
         try:
             async with session.post(
-                str(sub.url),
+                _url(str(sub.url)),
                 data=event.data,
                 headers=headers,
+                # no Content-Type unless the event has one (aiohttp would add octet-stream)
+                skip_auto_headers=None if event.datacontenttype else _NO_CONTENT_TYPE,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=sub.timeout),
+                timeout=_timeout(sub.timeout),
             ) as response:
                 status = response.status
                 retry_header = response.headers.get("Retry-After") if status in (429, 503) else None
@@ -194,6 +199,20 @@ class Sender:
         session, self._session = self._session, None
         if session is not None and not session.closed:
             await session.close()
+
+
+_NO_CONTENT_TYPE = ("Content-Type",)
+
+
+@functools.lru_cache(maxsize=1024)
+def _url(url: str) -> yarl.URL:
+    """Parsed once per subscription URL: aiohttp would parse the string on every request."""
+    return yarl.URL(url)
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
