@@ -586,7 +586,7 @@ def hub_server(config: Path, tmp: Path, workers: int = 1) -> procs.Server:
         str(port),
         "--log-level",
         "warning",
-        f"--workers={workers}",
+        *([f"--workers={workers}"] if workers > 1 else []),
     ]
     name = "hub (hookhub run)" if workers == 1 else f"hub (hookhub run --workers {workers})"
     return procs.Server(name, argv, port, tmp / "hub.log", cwd=tmp)

@@ -212,7 +212,7 @@ def hub_server(kind: str, config: Path, tmp: Path, workers: int = 1) -> procs.Se
         "127.0.0.1",
         "--port",
         str(port),
-        f"--workers={workers}",
+        *([f"--workers={workers}"] if workers > 1 else []),
     ]
     name = "hub (hookhub run)" if workers == 1 else f"hub (hookhub run --workers {workers})"
     return procs.Server(name, argv, port, tmp / "hub.log", cwd=tmp)

@@ -3,6 +3,7 @@ share each subscription's limits, stop gracefully together, and refuse a shape t
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import uuid
@@ -139,8 +140,56 @@ def test_two_workers_deliver_each_event_once_within_the_limits_and_stop_graceful
             counts = Counter(r.ce_id for r in subscriber.requests("/a"))
             assert [i for i, n in counts.items() if n > 1] == []
         finally:
-            hub.kill()
-            hub.wait(10)
+            hub.terminate()
+            hub.wait(40)
             from tests.broker._support import delete_namespace_queues
 
             delete_namespace_queues(rabbitmq_url, namespace)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.postgres
+def test_workers_stop_when_their_supervisor_is_killed(
+    rabbitmq_url: str, fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    """A SIGKILLed supervisor leaves no orphaned worker delivering and holding the port."""
+    namespace = f"workers{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "hookhub.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "broker": rabbitmq_url,
+                "store": fresh_postgres_url,
+                "archive": f"file://{tmp_path}/archive",
+                "namespace": namespace,
+            }
+        )
+    )
+    hub = _start(path, free_port())
+    try:
+        workers = _children(hub.pid)
+        assert len(workers) >= 2
+        hub.kill()
+        hub.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+            time.sleep(0.2)
+        assert not [pid for pid in workers if Path(f"/proc/{pid}/stat").exists()]
+    finally:
+        for pid in _children(hub.pid) if hub.poll() is None else []:
+            os.kill(pid, signal.SIGKILL)
+        from tests.broker._support import delete_namespace_queues
+
+        delete_namespace_queues(rabbitmq_url, namespace)

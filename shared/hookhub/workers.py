@@ -10,8 +10,12 @@ supervisor starts, watches and stops the processes.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,9 +51,25 @@ def hub_app(config: HubConfig, processes: int = 1) -> Starlette:
 
 def worker_app() -> Starlette:
     """uvicorn's app factory in each worker process (spawned: it reads what the parent set)."""
+    _stop_with_parent()
     level, fmt = os.environ.get(LOG_ENV, "info text").split()
     logs.configure(level, fmt)
     return hub_app(load_config(), int(os.environ.get(WORKERS_ENV, "1")))
+
+
+def _stop_with_parent() -> None:
+    """Ask Linux for a SIGTERM (a graceful stop) when the supervisor dies, even of a SIGKILL,
+    so no orphaned worker keeps delivering and holding the port; elsewhere this does nothing."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the supervisor died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def serve_workers(
