@@ -36,7 +36,7 @@ bench: install
 	$(BIN)/python -m bench.ingest --only single --workers 2
 	$(BIN)/python -m bench.fanout
 	$(BIN)/python -m bench.fanout --only latency --rate 300
-	$(BIN)/python -m bench.fanout --only latency --workers 2
+	$(BIN)/python -m bench.fanout --workers 2
 	$(BIN)/python -m bench.fanout --only latency --broker sqlite --store sqlite
 	$(BIN)/python -m bench.resend
 	$(BIN)/python -m bench.archive

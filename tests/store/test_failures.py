@@ -4,6 +4,7 @@ reported quickly, without piling up threads; an old schema is upgraded in place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sqlite3
 import threading
@@ -224,5 +225,32 @@ async def test_an_attempt_log_with_outcome_is_upgraded(tmp_path: Any) -> None:
         new = attempt(event_id="e1", source="/s")
         await store.attempts.record(new)
         assert [a.verdict for a in await store.attempts.for_event("/s", "e1")] == ["delivered", "retry"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_writers_reconnect_after_their_connection_is_killed(fresh_postgres_url: str) -> None:
+    """The claim and attempt writers keep a connection: when the server drops it, the batch under
+    way fails as unavailable (or succeeds on the next connection), and later batches work."""
+    store = SqlStore(fresh_postgres_url)
+    await store.start()
+    try:
+        assert await store.claims.claim([ingest()]) == [ClaimResult.NEW]
+        await store.attempts.record(attempt())
+        admin = create_engine(engine_url(fresh_postgres_url), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            killed = conn.exec_driver_sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).scalar()
+        admin.dispose()
+        assert killed and killed >= 2  # the two writers' connections, at least
+        for write in (lambda: store.claims.claim([ingest()]), lambda: store.attempts.record(attempt())):
+            # the batch on the dead connection may fail: its caller hands its event back
+            with contextlib.suppress(StoreUnavailable):
+                await write()
+            await write()  # a new connection
+        assert await store.claims.claim([ingest()]) == [ClaimResult.NEW]
     finally:
         await store.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, update
 
-from hookhub.store.engine import Database, Writer, raw_cursor
+from hookhub.store.engine import Database, Writer
 from hookhub.store.records import RETRY, AttemptRecord, DeadLetter, DeadLetterQuery, DeliveryState
 from hookhub.store.schema import (
     MAX_ERROR_CHARS,
@@ -166,7 +166,9 @@ class SqlAttemptLog:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._path: _LogPath = _PostgresLogPath() if db.postgres else _SqliteLogPath()
-        self.writer: Writer[_Write, None] = Writer(db, self._write, name="store-attempts", what="attempt log")
+        self.writer: Writer[_Write, None] = Writer(
+            db, self._write, name="store-attempts", what="attempt log", engine=db.log_engine
+        )
 
     async def record(self, attempt: AttemptRecord, dead_letter: DeadLetter | None = None) -> None:
         await self.writer.submit((attempt, dead_letter))
@@ -182,7 +184,7 @@ class SqlAttemptLog:
         """
         attempts = [attempt for attempt, _ in writes]
         dead = [letter for _, letter in writes if letter is not None]
-        with raw_cursor(self._db.log_engine) as cursor:
+        with self.writer.connection.cursor() as cursor:
             self._path.write(cursor, attempts, dead, durable=bool(dead))
         return [None] * len(writes)
 

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import and_, delete, select, tuple_, update
 from sqlalchemy.engine import Connection
 
-from hookhub.store.engine import Database, Writer, raw_cursor
+from hookhub.store.engine import Database, Writer
 from hookhub.store.records import ACCEPTED, PENDING, ClaimResult, EventKey, IngestRecord
 from hookhub.store.schema import column_list, ingest_record, ingest_records, names, recordset
 
@@ -117,8 +117,9 @@ class SqlClaimStore:
         self._db = db
         self.stale_after = stale_after
         self._hot: _HotPath = _PostgresHotPath() if db.postgres else _SqliteHotPath()
+        # on PostgreSQL the claims run as one autocommitted statement: no BEGIN/COMMIT round trips
         self.writer: Writer[_Write, list[ClaimResult]] = Writer(
-            db, self._write, name="store-claims", what="ingest claim"
+            db, self._write, name="store-claims", what="ingest claim", autocommit=db.postgres
         )
 
     async def claim(self, records: Sequence[IngestRecord]) -> list[ClaimResult]:
@@ -188,7 +189,7 @@ class SqlClaimStore:
         first_index: dict[EventKey, int] = {}
         for i, record in enumerate(claims):
             first_index.setdefault(record.key, i)
-        with raw_cursor(self._db.hot_engine) as cursor:
+        with self.writer.connection.cursor() as cursor:
             inserted = self._hot.write(cursor, settles, [claims[i] for i in first_index.values()], now)
         contested: list[EventKey] = []
         for key, i in first_index.items():

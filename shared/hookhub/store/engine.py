@@ -7,6 +7,7 @@ checkout does too (`POOL_TIMEOUT`), and readiness probes share one bounded check
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -94,8 +95,6 @@ class Database:
         self.postgres = sa_url.startswith("postgresql")
         if self.postgres:
             self.engine = _postgres_engine(sa_url)
-            # the claims run as one autocommitted statement: no BEGIN/COMMIT round trips
-            self.hot_engine: Engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
             self.log_engine = self.engine
         else:
             path = sa_url.split("///", 1)[-1]
@@ -104,7 +103,6 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             # the broker, not this file, is the durability point of a claim
             self.engine = _sqlite_engine(sa_url, "NORMAL")
-            self.hot_engine = self.engine
             # The attempt log's engine fsyncs each commit, as the embedded broker does: its ack of
             # a dead-lettered message must not outlive the dead letter. An in-memory database has
             # no second connection to give (another engine would see another database).
@@ -211,16 +209,46 @@ class Database:
         self.engine.dispose()
 
 
-@contextmanager
-def raw_cursor(engine: Engine) -> Iterator[Any]:
-    """A driver cursor inside one transaction, committed on exit: the hot paths' own SQL, since
-    SQLAlchemy's per-row parameter processing costs more than the database's work."""
-    with engine.begin() as conn:
-        cursor = conn.connection.cursor()
+class HeldConnection:
+    """The DBAPI connection one writer thread keeps from batch to batch, with the hot paths' own
+    SQL on its cursor: a pool checkout and a SQLAlchemy transaction per batch cost the writer
+    about as much Python time as the statement itself. On any error it is closed, never handed
+    back to the pool (it may be mid-transaction, or in autocommit), and the next batch opens
+    another: what the pool would have done for a broken connection."""
+
+    def __init__(self, engine: Engine, *, autocommit: bool) -> None:
+        self._engine = engine
+        self._autocommit = autocommit  # one statement per batch needs no BEGIN/COMMIT round trips
+        self._conn: Any = None
+
+    @contextmanager
+    def cursor(self) -> Iterator[Any]:
+        """A cursor whose work is committed when the block exits without an error."""
+        conn = self._conn
+        if conn is None:
+            conn = self._engine.raw_connection()
+            if self._autocommit:
+                driver = conn.driver_connection
+                assert driver is not None  # a connection fresh from the pool has its driver's
+                driver.autocommit = True
+            self._conn = conn
         try:
-            yield cursor
-        finally:
-            cursor.close()
+            cursor = conn.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+            if not self._autocommit:
+                conn.commit()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.invalidate()
 
 
 class _Failed:
@@ -240,10 +268,21 @@ class Writer(Generic[T, R]):
     caller whose record is refused gets an error; any other failure fails the whole batch.
     """
 
-    def __init__(self, db: Database, write: Callable[[list[T]], list[R]], *, name: str, what: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        write: Callable[[list[T]], list[R]],
+        *,
+        name: str,
+        what: str,
+        engine: Engine | None = None,
+        autocommit: bool = False,
+    ) -> None:
         self._db = db
         self._write = write
         self._what = what
+        # the writer thread's own connection (`write` takes its cursor from here)
+        self.connection = HeldConnection(engine or db.engine, autocommit=autocommit)
         self.committer: GroupCommitter[T, R | _Failed] = GroupCommitter(self._batch, name=name)
 
     async def submit(self, item: T) -> R:
@@ -277,5 +316,6 @@ class Writer(Generic[T, R]):
         return results
 
     def close(self) -> None:
-        """Commit what is queued, then stop the thread (blocking)."""
+        """Commit what is queued, then stop the thread (blocking) and close its connection."""
         self.committer.close()
+        self.connection.close()
