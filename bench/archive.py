@@ -41,14 +41,7 @@ PHASES = ("single", "batch")
 
 def hub_config(broker: str, namespace: str, tmp: Path) -> dict[str, Any]:
     """No subscriptions: every event goes to the archive queue (bound to `#`) and nowhere else."""
-    return {
-        "broker": broker,
-        "store": f"sqlite:///{tmp}/store.db",
-        "archive": f"file://{tmp}/archive",
-        "namespace": namespace,
-        "providers": {"github": {"kind": "github", "secrets": [payloads.SECRET]}},
-        "producers": {"bench": {"token": payloads.PRODUCER_TOKEN}},
-    }
+    return payloads.hub_config(broker, f"sqlite:///{tmp}/store.db", namespace, tmp)
 
 
 class IdleArchiver:

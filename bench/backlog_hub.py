@@ -32,16 +32,8 @@ def hub_config(
     """One GitHub provider, one producer, and `down`, which takes every event the run sends."""
     down = fanout.subscription(sink_url, SINK_PATH, "com.bench.#", args.max_in_flight)
     down["types"] = ["com.github.#", "com.bench.#"]
-    return {
-        "broker": f"sqlite:///{tmp}/broker.db" if args.broker == "sqlite" else args.broker,
-        "store": store,
-        "archive": f"file://{tmp}/archive",
-        "namespace": namespace,
-        "admin_token": payloads.ADMIN_TOKEN,
-        "providers": {"github": {"kind": "github", "secrets": [payloads.SECRET]}},
-        "producers": {"bench": {"token": payloads.PRODUCER_TOKEN}},
-        "subscriptions": {SUB: down},
-    }
+    broker = f"sqlite:///{tmp}/broker.db" if args.broker == "sqlite" else args.broker
+    return payloads.hub_config(broker, store, namespace, tmp, {SUB: down})
 
 
 def depths(args: argparse.Namespace, hub: procs.Server, namespace: str) -> dict[str, int | None]:

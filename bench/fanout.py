@@ -561,16 +561,8 @@ def hub_config(
     if wants(args, "throughput"):
         for name, pattern in throughput_subscriptions().items():
             subs[name] = subscription(sink_url, f"/hub/{name}", pattern, args.max_in_flight)
-    return {
-        "broker": f"sqlite:///{tmp}/broker.db" if args.broker == "sqlite" else args.broker,
-        "store": store,
-        "archive": f"file://{tmp}/archive",
-        "namespace": namespace,
-        "admin_token": payloads.ADMIN_TOKEN,
-        "providers": {"github": {"kind": "github", "secrets": [payloads.SECRET]}},
-        "producers": {"bench": {"token": payloads.PRODUCER_TOKEN}},
-        "subscriptions": subs,
-    }
+    broker = f"sqlite:///{tmp}/broker.db" if args.broker == "sqlite" else args.broker
+    return payloads.hub_config(broker, store, namespace, tmp, subs)
 
 
 def hub_server(config: Path, tmp: Path, workers: int = 1) -> procs.Server:

@@ -183,18 +183,8 @@ def preflight(args: argparse.Namespace, ctx: dict[str, Any]) -> list[str]:
 
 def hub_config(broker: str, store: str, namespace: str, tmp: Path) -> dict[str, Any]:
     """The hub's configuration: one GitHub provider, one producer, one subscription for all events."""
-    return {
-        "broker": broker,
-        "store": store,
-        "archive": f"file://{tmp}/archive",
-        "namespace": namespace,
-        "admin_token": payloads.ADMIN_TOKEN,
-        "providers": {"github": {"kind": "github", "secrets": [payloads.SECRET]}},
-        "producers": {"bench": {"token": payloads.PRODUCER_TOKEN}},
-        "subscriptions": {
-            "sink": {"url": "http://127.0.0.1:9/unused", "types": ["com.github.#", "com.bench.#"]}
-        },
-    }
+    sink = {"url": "http://127.0.0.1:9/unused", "types": ["com.github.#", "com.bench.#"]}
+    return payloads.hub_config(broker, store, namespace, tmp, {"sink": sink})
 
 
 def hub_server(kind: str, config: Path, tmp: Path, workers: int = 1) -> procs.Server:

@@ -90,3 +90,20 @@ def amqp_headers(event_id: str) -> dict[str, str]:
         "correlationid": event_id,
     }
     return {"ce-" + k: v for k, v in attrs.items()}
+
+
+def hub_config(
+    broker: str, store: str, namespace: str, tmp: Any, subscriptions: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Every bench hub's configuration: the GitHub provider and the producer the payloads above
+    are signed and authorised for, the run's own namespace and archive, and `subscriptions`."""
+    return {
+        "broker": broker,
+        "store": store,
+        "archive": f"file://{tmp}/archive",
+        "namespace": namespace,
+        "admin_token": ADMIN_TOKEN,
+        "providers": {"github": {"kind": "github", "secrets": [SECRET]}},
+        "producers": {"bench": {"token": PRODUCER_TOKEN}},
+        "subscriptions": subscriptions or {},
+    }

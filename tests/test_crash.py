@@ -22,13 +22,14 @@ from tests.test_serving import BIN, ROOT, free_port
 EVENTS = 300
 
 
-def start_hub(config: Path, port: int) -> subprocess.Popen[bytes]:
+def start_hub(config: Path, port: int, *more: str) -> subprocess.Popen[bytes]:
+    """`hookhub run` on `port`, ready; `more` are further options (e.g. --workers 2)."""
     process = subprocess.Popen(
-        [str(BIN / "hookhub"), "run", "--config", str(config), "--port", str(port), "--log-level", "warning"],
+        [str(BIN / "hookhub"), "run", f"--config={config}", f"--port={port}", "--log-level=warning", *more],
         cwd=ROOT,
         env=dict(os.environ),
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:

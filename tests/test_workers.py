@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -20,7 +19,7 @@ from hookhub.cli import app
 from hookhub.config import SubscriptionConfig
 from hookhub.fanout.dispatcher import share_of
 from tests.support.subscriber import running_subscriber
-from tests.test_crash import BIN, ROOT
+from tests.test_crash import post_batch, start_hub
 from tests.test_serving import free_port
 
 IN_FLIGHT = 4
@@ -55,24 +54,21 @@ def test_workers_refuse_an_embedded_broker_or_store(key: str, value: str, tmp_pa
     assert "--workers needs a" in result.output and key in result.output
 
 
-def _start(config: Path, port: int) -> Any:
-    import subprocess
+def _config(tmp_path: Path, rabbitmq_url: str, postgres_url: str, **more: Any) -> Path:
+    config = {
+        "broker": rabbitmq_url,
+        "store": postgres_url,
+        "archive": f"file://{tmp_path}/archive",
+        "namespace": f"workers{uuid.uuid4().hex[:8]}",
+        **more,
+    }
+    path = tmp_path / "hookhub.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
-    process = subprocess.Popen(
-        [str(BIN / "hookhub"), "run", "--config", str(config), "--port", str(port), "--workers", "2"],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("hub did not become ready:\n" + (process.communicate()[1] or ""))
+
+def _start(config: Path, port: int) -> Any:
+    return start_hub(config, port, "--workers", "2")
 
 
 @pytest.mark.rabbitmq
@@ -80,46 +76,23 @@ def _start(config: Path, port: int) -> Any:
 def test_two_workers_deliver_each_event_once_within_the_limits_and_stop_gracefully(
     rabbitmq_url: str, fresh_postgres_url: str, tmp_path: Path
 ) -> None:
-    namespace = f"workers{uuid.uuid4().hex[:8]}"
     with running_subscriber() as subscriber:
         subscriber.stall(STALL, path="/a")
-        config = {
-            "broker": rabbitmq_url,
-            "store": fresh_postgres_url,
-            "archive": f"file://{tmp_path}/archive",
-            "namespace": namespace,
-            "producers": {"p": {"token": "t"}},
-            "subscriptions": {
-                "a": {"url": subscriber.url("/a"), "types": ["com.acme.#"], "max_in_flight": IN_FLIGHT}
-            },
-        }
-        path = tmp_path / "hookhub.yaml"
-        path.write_text(yaml.safe_dump(config))
+        a = {"url": subscriber.url("/a"), "types": ["com.acme.#"], "max_in_flight": IN_FLIGHT}
+        path = _config(
+            tmp_path,
+            rabbitmq_url,
+            fresh_postgres_url,
+            producers={"p": {"token": "t"}},
+            subscriptions={"a": a},
+        )
+        namespace = yaml.safe_load(path.read_text())["namespace"]
         port = free_port()
         hub = _start(path, port)
         try:
-            ids = []
+            ids: list[str] = []
             for _ in range(4):  # several requests, so both workers take some
-                batch = [
-                    {
-                        "specversion": "1.0",
-                        "id": uuid.uuid4().hex,
-                        "source": "/w",
-                        "type": "com.acme.x",
-                        "data": {},
-                    }
-                    for _ in range(10)
-                ]
-                response = httpx.post(
-                    f"http://127.0.0.1:{port}/events",
-                    json=batch,
-                    headers={
-                        "Authorization": "Bearer t",
-                        "Content-Type": "application/cloudevents-batch+json",
-                    },
-                )
-                assert response.status_code == 202, response.text
-                ids += [e["id"] for e in batch]
+                ids += post_batch(port, 10)
             # a full window under way: the two workers together hold max_in_flight, not twice it
             subscriber.wait_for(IN_FLIGHT, timeout=20, path="/a")
             time.sleep(STALL * 0.6)
@@ -165,18 +138,8 @@ def test_workers_stop_when_their_supervisor_is_killed(
     rabbitmq_url: str, fresh_postgres_url: str, tmp_path: Path
 ) -> None:
     """A SIGKILLed supervisor leaves no orphaned worker delivering and holding the port."""
-    namespace = f"workers{uuid.uuid4().hex[:8]}"
-    path = tmp_path / "hookhub.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "broker": rabbitmq_url,
-                "store": fresh_postgres_url,
-                "archive": f"file://{tmp_path}/archive",
-                "namespace": namespace,
-            }
-        )
-    )
+    path = _config(tmp_path, rabbitmq_url, fresh_postgres_url)
+    namespace = yaml.safe_load(path.read_text())["namespace"]
     hub = _start(path, free_port())
     try:
         workers = _children(hub.pid)
