@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from bench import ceilings, payloads, procs, rabbit, wrk
+from bench import ceilings, payloads, procs, rabbit, results, wrk
 from bench.ingest import batch_env
 
 PHASES = ("single", "batch")
@@ -196,11 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-connections", type=int, default=16, help="wrk connections, batches")
     parser.add_argument("--rounds", type=int, default=1, help="off/on pairs to run (default 1)")
     args = parser.parse_args(argv)
-    if args.broker != "sqlite":
-        try:
-            rabbit.local_only(args.broker)
-        except ValueError as exc:
-            parser.error(str(exc))
+    results.check_broker_arg(parser, args.broker)
     wrk.ensure_wrk()
     totals: dict[str, dict[str, list[float]]] = {v: {p: [] for p in PHASES} for v in ("off", "on")}
     problems: list[str] = []

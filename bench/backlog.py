@@ -28,8 +28,6 @@ enforced: a shared 2-core box is too noisy to gate on), 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import signal
 import sys
@@ -81,11 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.set_defaults(only=None)  # bench.fanout's helpers read it
     args = parser.parse_args(argv)
-    if args.broker != "sqlite":
-        try:
-            rabbit.local_only(args.broker)
-        except ValueError as exc:
-            parser.error(str(exc))
+    results.check_broker_arg(parser, args.broker)
     if args.events < 40 or args.backlog < 1:
         parser.error("--events must be at least 40 and --backlog at least 1")
     return args
@@ -93,13 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def machine_context(args: argparse.Namespace) -> dict[str, Any]:
     """What the numbers depend on, printed first so nobody compares runs from different boxes."""
-    load1, load5, _ = os.getloadavg()
     return {
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "load_average_1m_5m": [round(load1, 2), round(load5, 2)],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
+        **results.machine_basics(),
         "broker": "RabbitMQ " + rabbit.server_version(args.broker)
         if fanout.amqp(args)
         else "SQLite (embedded)",

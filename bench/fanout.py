@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -46,7 +45,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bench import bare_client, fixed_rate, ingest, payloads, procs, rabbit, sink
+from bench import bare_client, fixed_rate, ingest, payloads, procs, rabbit, results, sink
 from bench.ingest import Row, Run
 
 RESULTS_DIR = ingest.RESULTS_DIR
@@ -85,11 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="each subscription's max_in_flight (the ceilings follow); the targets assume 16",
     )
     args = parser.parse_args(argv)
-    if args.broker != "sqlite":
-        try:
-            rabbit.local_only(args.broker)
-        except ValueError as exc:
-            parser.error(str(exc))
+    results.check_broker_arg(parser, args.broker)
     if args.events < 40:
         parser.error("--events must be at least 40")
     return args
@@ -115,13 +110,8 @@ def wants(args: argparse.Namespace, phase: str) -> bool:
 
 def machine_context(args: argparse.Namespace) -> dict[str, Any]:
     """What the numbers depend on, printed first so nobody compares runs from different boxes."""
-    load1, load5, _ = os.getloadavg()
     return {
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "load_average_1m_5m": [round(load1, 2), round(load5, 2)],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
+        **results.machine_basics(),
         "uvicorn": ingest._version("uvicorn"),
         "aiohttp": ingest._version("aiohttp"),
         "pika": ingest._version("pika"),

@@ -23,8 +23,6 @@ enforced: a shared 2-core box is too noisy to gate on), 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import signal
 import socket
@@ -91,10 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="'bare' puts the bare ASGI app in the hub's place: a self-test of the harness",
     )
     args = parser.parse_args(argv)
-    try:
-        rabbit.local_only(args.broker)
-    except ValueError as exc:
-        parser.error(str(exc))
+    results.check_broker_arg(parser, args.broker)
     return args
 
 
@@ -129,13 +124,8 @@ def machine_context(args: argparse.Namespace) -> dict[str, Any]:
     """What the numbers depend on, printed first so nobody compares runs from different boxes."""
     wrk_path = wrk.ensure_wrk()
     wrk_version = subprocess.run([wrk_path, "-v"], capture_output=True, text=True, check=False).stdout
-    load1, load5, _ = os.getloadavg()
     return {
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "load_average_1m_5m": [round(load1, 2), round(load5, 2)],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
+        **results.machine_basics(),
         "uvicorn": _version("uvicorn"),
         "pika": _version("pika"),
         "aio_pika": _version("aio-pika"),  # peer P's client

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -146,3 +148,28 @@ def guarded(run: Run, what: str, step: Callable[[], None]) -> None:
         step()
     except Exception as exc:
         run.problem(f"{what}: {describe(exc)}")
+
+
+def machine_basics() -> dict[str, Any]:
+    """What every bench's numbers depend on, printed first so nobody compares runs from
+    different boxes (each bench adds its own software versions)."""
+    load1, load5, _ = os.getloadavg()
+    return {
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "load_average_1m_5m": [round(load1, 2), round(load5, 2)],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def check_broker_arg(parser: argparse.ArgumentParser, url: str) -> None:
+    """Refuse (as a usage error) a RabbitMQ URL that is not on this machine; 'sqlite' passes."""
+    if url == "sqlite":
+        return
+    from bench import rabbit
+
+    try:
+        rabbit.local_only(url)
+    except ValueError as exc:
+        parser.error(str(exc))
