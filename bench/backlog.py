@@ -46,7 +46,6 @@ from bench.backlog_hub import (
     SINK_PATH,
     STATE_POLL_S,
     SUB,
-    broker_pid,
     check_held,
     cleanup,
     hub_config,
@@ -132,7 +131,7 @@ def measure_ingest(run: Run, hub: procs.Server, ledger: ingest.Ledger, step: str
     """bench.ingest's single phase (1 s warm-up, then --duration under wrk), then --rate/s open-loop."""
     args = run.args
     assert hub.proc is not None
-    pids = {"hub": hub.proc.pid, **broker_pid(args)}
+    pids = {"hub": hub.proc.pid, **fanout.service_pids(args)}
     url = hub.base_url + "/webhooks/github"
     settings = wrk.WrkSettings(threads=1, connections=args.connections, duration=args.duration)
     warm = wrk.WrkSettings(1, args.connections, 1, settings.timeout)
@@ -262,7 +261,7 @@ def recovery(run: Run, hub: procs.Server, snk: procs.Server, store: str) -> None
     drain = fanout.watch(
         snk.base_url,
         {SINK_PATH: 10**12},
-        {"hub": hub.proc.pid, "sink": snk.proc.pid, **broker_pid(args)},
+        {"hub": hub.proc.pid, "sink": snk.proc.pid, **fanout.service_pids(args)},
         cap_s=args.drain_seconds + STATE_POLL_S,
     )
     ended = time.perf_counter()

@@ -78,20 +78,6 @@ def broker_footprint(args: argparse.Namespace, namespace: str, tmp: Path) -> str
     return "RabbitMQ queue memory: " + (", ".join(parts) or "not listed")
 
 
-def broker_pid(args: argparse.Namespace) -> dict[str, int]:
-    """RabbitMQ's Erlang VM, for the CPU columns (its share is where a deep quorum queue would
-    cost); nothing for the embedded broker, which runs in the hub's process."""
-    if not fanout.amqp(args):
-        return {}
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        try:
-            if comm.read_text().strip() == "beam.smp":
-                return {"rabbitmq": int(comm.parent.name)}
-        except OSError:
-            continue
-    return {}
-
-
 def wait_archive(run: Run, hub: procs.Server, namespace: str, step: str) -> None:
     """Wait until the archiver has caught up, so an ingest run does not share the box with its
     catch-up; a queue still deep after --archive-wait is measured as it is, and said so."""

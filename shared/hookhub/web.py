@@ -387,7 +387,8 @@ class HubApp(Starlette):
     Starlette's middleware stack and router, whose per-request work the profile showed to cost
     about as much as the handler's own; everything else takes the ordinary way.
 
-    The routes are still declared (OpenAPI, `url_path_for`, tests): this only shortcuts them."""
+    The routes stay declared so that other methods on these paths get Starlette's 405; a POST
+    never reaches their endpoints."""
 
     def __init__(self, hub: Hub, **kwargs: Any) -> None:
         super().__init__(**kwargs)
